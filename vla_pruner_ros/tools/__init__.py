@@ -1,0 +1,1 @@
+"""Command line tools (``vla-pruner ...``): thin front ends over the pure core."""
