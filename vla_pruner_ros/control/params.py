@@ -1,0 +1,157 @@
+"""The policy node's parameters: one table that the node declares from (with descriptors and
+ranges), and one validation function that takes a whole change set and either returns the
+new settings or raises ``ValueError`` with the reason -- so a change is never half-applied."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..pruning import METHODS, PrunerConfig
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str  # ROS parameter name
+    field: str  # attribute of NodeSettings it sets
+    default: Any
+    description: str
+    minimum: float | None = None  # inclusive bounds, also published in the descriptor
+    maximum: float | None = None
+    exclusive_minimum: bool = False  # checked by us: ROS ranges are inclusive
+    choices: tuple[str, ...] | None = None
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Everything the node can change live. Defaults match config/policy.yaml."""
+
+    prune_enabled: bool = True
+    prune_method: str = "vla_pruner"
+    keep_ratio: float = 0.25
+    prune_layer: int = 3
+    window: int = 3
+    decay: float = 0.8
+    smoothing: str = "window"
+    ema_alpha: float = 0.5
+    fusion_weight: float = 0.5
+    seed: int = 0
+    control_rate: float = 10.0
+    actions_per_step: int = 4
+    max_input_age: float = 0.5
+    max_joint_velocity: float = 3.14
+    instruction: str = ""
+    publish_overlays: bool = True
+
+    def pruner_config(self) -> PrunerConfig:
+        return PrunerConfig(
+            method=self.prune_method,
+            enabled=self.prune_enabled,
+            keep_ratio=self.keep_ratio,
+            prune_layer=self.prune_layer,
+            window=self.window,
+            decay=self.decay,
+            smoothing=self.smoothing,
+            ema_alpha=self.ema_alpha,
+            fusion_weight=self.fusion_weight,
+            seed=self.seed,
+        )
+
+    @property
+    def control_period(self) -> float:
+        return 1.0 / self.control_rate
+
+    @property
+    def step_period(self) -> float:
+        """Seconds between policy steps: each step's chunk is followed for actions_per_step points."""
+        return self.actions_per_step / self.control_rate
+
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec("prune.enabled", "prune_enabled", True, "Prune visual tokens (false: every step runs unpruned)."),
+    ParameterSpec("prune.method", "prune_method", "vla_pruner",
+                  f"Pruning method, one of: {', '.join(METHODS)}.", choices=tuple(METHODS)),
+    ParameterSpec("prune.keep_ratio", "keep_ratio", 0.25,
+                  "Fraction of visual tokens kept, in (0, 1]; 1 keeps all.", 0.0, 1.0, exclusive_minimum=True),
+    ParameterSpec("prune.layer", "prune_layer", 3,
+                  "LLM layer K where tokens are dropped (layers < K see all); must be < the model's layer count.",
+                  1, 128),
+    ParameterSpec("prune.window", "window", 3,
+                  "Steps of action-attention history (decaying window w); also the warm-up length.", 1, 64),
+    ParameterSpec("prune.decay", "decay", 0.8, "Decay gamma of the window average (Eq. 7).", 0.0, 1.0),
+    ParameterSpec("prune.smoothing", "smoothing", "window",
+                  "Temporal estimate of action attention: window (Eq. 7) or ema (Eq. 6).", choices=("window", "ema")),
+    ParameterSpec("prune.ema_alpha", "ema_alpha", 0.5, "EMA smoothing factor alpha (Eq. 6).", 0.0, 1.0),
+    ParameterSpec("prune.fusion_weight", "fusion_weight", 0.5,
+                  "Weight of prefill scores in the score_fusion ablation.", 0.0, 1.0),
+    ParameterSpec("prune.seed", "seed", 0, "Seed of the random baseline.", 0, 2**31 - 1),
+    ParameterSpec("control_rate", "control_rate", 10.0,
+                  "Rate (Hz) of the trajectory points sent to the arm; the chunk's points are 1/control_rate apart.",
+                  0.0, 100.0, exclusive_minimum=True),
+    ParameterSpec("actions_per_step", "actions_per_step", 4,
+                  "Points of each chunk followed before the next policy step (the rest is a fallback).", 1, 64),
+    ParameterSpec("max_input_age", "max_input_age", 0.5,
+                  "Seconds: a step runs only when every camera frame and joint state is newer than this.",
+                  0.0, 60.0, exclusive_minimum=True),
+    ParameterSpec("max_joint_velocity", "max_joint_velocity", 3.14,
+                  "Upper bound (rad/s) on commanded joint speed; never above the robot config's limit.",
+                  0.0, 10.0, exclusive_minimum=True),
+    ParameterSpec("instruction", "instruction", "",
+                  "Task instruction; the instruction topic overrides it. A change starts a new episode."),
+    ParameterSpec("publish_overlays", "publish_overlays", True,
+                  "Publish camera frames with the pruned patches dimmed (for RViz)."),
+)
+SPECS_BY_NAME = {spec.name: spec for spec in PARAMETERS}
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def check_value(spec: ParameterSpec, value: Any) -> Any:
+    """The value coerced to the spec's type, or ValueError saying what was expected."""
+    expected = type(spec.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ValueError(f"{spec.name}: expected a {expected.__name__}, got {value!r} ({_type_name(value)})")
+    if spec.choices is not None and value not in spec.choices:
+        raise ValueError(f"{spec.name}: {value!r} is not one of {', '.join(spec.choices)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{spec.name}: {value!r} is not a finite number")
+    if spec.minimum is not None:
+        low_ok = value > spec.minimum if spec.exclusive_minimum else value >= spec.minimum
+        if not low_ok or value > spec.maximum:
+            bracket = "(" if spec.exclusive_minimum else "["
+            raise ValueError(f"{spec.name}: {value!r} is outside {bracket}{spec.minimum}, {spec.maximum}]")
+    return value
+
+
+def apply_parameter_changes(
+    settings: NodeSettings, changes: dict[str, Any], num_layers: int | None = None
+) -> NodeSettings:
+    """New settings with every change applied, or ValueError naming the first bad one.
+
+    ``num_layers`` (the model's LLM depth) bounds ``prune.layer`` when known.
+    """
+    updates = {}
+    for name, value in changes.items():
+        spec = SPECS_BY_NAME.get(name)
+        if spec is None:
+            continue  # not a live setting (read-only start-up parameter or someone else's)
+        updates[spec.field] = check_value(spec, value)
+    new = dataclasses.replace(settings, **updates)
+    if num_layers is not None and new.prune_layer >= num_layers:
+        raise ValueError(f"prune.layer: {new.prune_layer} must be < the model's {num_layers} LLM layers")
+    try:
+        new.pruner_config()
+    except ValueError as error:  # cross-field constraints live in PrunerConfig
+        raise ValueError(str(error)) from None
+    return new
+
+
+def settings_from_parameters(values: dict[str, Any], num_layers: int | None = None) -> NodeSettings:
+    """Settings from a complete {parameter name: value} map (start-up)."""
+    return apply_parameter_changes(NodeSettings(), values, num_layers)

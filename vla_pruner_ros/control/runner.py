@@ -1,0 +1,176 @@
+"""One control step, from an observation to safe joint targets, without ROS.
+
+The policy node calls ``PolicyRunner.step`` from its worker thread; the offline replay calls
+the same method for each step of a bag. Everything a step publishes (trajectory points,
+retained-token mask, stats) is derived here as plain values.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..pruning import PrunerConfig
+from .params import NodeSettings
+from .robot_config import RobotConfig
+from .safety import SafeChunk, make_safe_chunk
+
+
+@dataclass
+class Observation:
+    images: dict[str, np.ndarray]  # view name -> H x W x 3 uint8 RGB
+    joint_positions: np.ndarray  # (J,) in RobotConfig.joints order, rad
+    gripper_position: float  # gripper joint position (0 = open)
+    instruction: str
+    stamp: float  # seconds: the newest input stamp this observation was built from
+
+
+@dataclass
+class StepResult:
+    step_index: int
+    stamp: float
+    pruner: PrunerConfig
+    output: object  # vla_pruner_ros.model.PolicyOutput
+    chunk: SafeChunk
+    control_period: float
+    wall_ms: float  # the whole runner step, conversion and safety included
+    notes: list[str] = field(default_factory=list)
+
+    # --- what the ROS messages carry, as plain values ------------------------------------
+    def mask_fields(self) -> dict:
+        out = self.output
+        kept = np.asarray(out.kept_indices, dtype=np.int64)
+        offsets = np.cumsum([0] + [rows * cols for rows, cols in out.grid])
+        kept_per_view = [int(((kept >= offsets[i]) & (kept < offsets[i + 1])).sum()) for i in range(len(out.grid))]
+        return {
+            "step_index": self.step_index,
+            "method": self.pruner.method if self.pruner.enabled else "none",
+            "keep_ratio": float(self.pruner.keep_ratio if self.pruner.enabled else 1.0),
+            "warmup": bool(out.warmup),
+            "view_names": list(out.view_names),
+            "grid_rows": [int(rows) for rows, _ in out.grid],
+            "grid_cols": [int(cols) for _, cols in out.grid],
+            "view_offsets": [int(v) for v in offsets[:-1]],
+            "num_visual_tokens": int(out.num_visual_tokens),
+            "kept_indices": [int(v) for v in kept],
+            "kept_per_view": kept_per_view,
+        }
+
+    def stats_fields(self) -> dict:
+        out, cfg = self.output, self.pruner
+        diag = dict(out.diagnostics or {})
+        timings = out.timings or {}
+        return {
+            "step_index": self.step_index,
+            "method": cfg.method,
+            "enabled": bool(cfg.enabled),
+            "keep_ratio": float(cfg.keep_ratio),
+            "prune_layer": int(cfg.prune_layer),
+            "smoothing": cfg.smoothing,
+            "window": int(cfg.window),
+            "decay": float(cfg.decay),
+            "ema_alpha": float(cfg.ema_alpha),
+            "warmup": bool(out.warmup),
+            "visual_tokens_before": int(out.num_visual_tokens),
+            "visual_tokens_after": int(len(out.kept_indices)),
+            "sequence_length_before": int(out.sequence_length_before),
+            "sequence_length_after": int(out.sequence_length_after),
+            "pool_vl": int(diag.get("pool_vl", 0)),
+            "pool_act": int(diag.get("pool_act", 0)),
+            "pool_dual": int(diag.get("pool_dual", 0)),
+            "pool_ratio": float(diag.get("pool_ratio", 0.0)),
+            "overlap_vl_act": float(diag.get("overlap_vl_act", 0.0)),
+            "preprocess_ms": float(timings.get("preprocess", 0.0)),
+            "vision_ms": float(timings.get("vision", 0.0)),
+            "llm_prefix_ms": float(timings.get("llm_prefix", 0.0)),
+            "select_ms": float(timings.get("select", 0.0)),
+            "llm_suffix_ms": float(timings.get("llm_suffix", 0.0)),
+            "action_head_ms": float(timings.get("action_head", 0.0)),
+            "total_ms": float(timings.get("total", 0.0)),
+            "flops": float(out.flops),
+            "flops_ratio": float(out.flops_ratio),
+        }
+
+    def trajectory_points(self) -> list[tuple[float, list[float]]]:
+        """(time_from_start s, joint positions) of each chunk point, 1/control_rate apart."""
+        return [((i + 1) * self.control_period, [float(v) for v in row])
+                for i, row in enumerate(self.chunk.joint_positions)]
+
+    def gripper_points(self) -> list[tuple[float, float]]:
+        if self.chunk.gripper_positions is None:
+            return []
+        return [((i + 1) * self.control_period, float(v)) for i, v in enumerate(self.chunk.gripper_positions)]
+
+
+class PolicyRunner:
+    """Applies settings to the policy, runs a step, makes the result safe. Thread-safe: one
+    step at a time (a lock), settings read once at the start of each step."""
+
+    def __init__(self, policy, robot: RobotConfig):
+        self.policy = policy
+        self.robot = robot
+        self._lock = threading.Lock()
+        self._pruner: PrunerConfig | None = None
+        self._instruction: str | None = None
+        self.step_index = 0
+        action_dim = int(getattr(policy, "action_dim", robot.action_dim))
+        if action_dim < robot.action_dim:
+            raise ValueError(
+                f"the checkpoint predicts {action_dim} action dimensions but the robot config maps "
+                f"{robot.action_dim} (joint_indices + gripper_index)"
+            )
+        proprio_dim = getattr(policy, "proprio_dim", None)
+        if proprio_dim is not None and proprio_dim != len(robot.proprio_layout):
+            raise ValueError(
+                f"the checkpoint expects a proprio vector of {proprio_dim} values but the robot config's "
+                f"proprio.layout has {len(robot.proprio_layout)}: {list(robot.proprio_layout)}"
+            )
+
+    @property
+    def num_layers(self) -> int | None:
+        return getattr(self.policy, "num_layers", None)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.policy.reset()
+            self.step_index = 0
+
+    def step(self, observation: Observation, settings: NodeSettings) -> StepResult:
+        with self._lock:
+            started = time.perf_counter()
+            pruner = settings.pruner_config()
+            if pruner != self._pruner:
+                self.policy.set_pruner(pruner)
+                self._pruner = pruner
+            if observation.instruction != self._instruction:
+                # A new instruction is a new episode: the policy clears the pruner history itself.
+                self._instruction = observation.instruction
+                self.step_index = 0
+            proprio = self.robot.proprio(observation.joint_positions, observation.gripper_position)
+            output = self.policy.predict(images=observation.images, proprio=proprio,
+                                         instruction=observation.instruction)
+            chunk = make_safe_chunk(output.actions, observation.joint_positions, self.robot,
+                                    settings.control_period, settings.max_joint_velocity)
+            result = StepResult(
+                step_index=self.step_index,
+                stamp=observation.stamp,
+                pruner=pruner,
+                output=output,
+                chunk=chunk,
+                control_period=settings.control_period,
+                wall_ms=(time.perf_counter() - started) * 1e3,
+                notes=list(chunk.notes),
+            )
+            self.step_index += 1
+            return result
+
+
+def format_stats_line(fields: dict) -> str:
+    """One status line from PrunerStats fields (a ``stats_fields()`` dict or a message's fields)."""
+    kept, total = fields["visual_tokens_after"], fields["visual_tokens_before"]
+    state = "warm-up" if fields["warmup"] else ("pruned" if kept < total else "full")
+    method = fields["method"] if fields["enabled"] else "none"
+    return (f"step {fields['step_index']:5d}  {method:<12} keep {fields['keep_ratio']:.3f}  "
+            f"tokens {kept:4d}/{total:<4d} {state:<7}  {fields['total_ms']:7.1f} ms")
