@@ -27,6 +27,12 @@ class Observation:
     stamp: float  # seconds: the newest input stamp this observation was built from
 
 
+def view_grids(output) -> list[tuple[int, int]]:
+    """(rows, cols) of each view's patch grid (every view of a checkpoint has the same grid)."""
+    rows, cols = output.grid
+    return [(int(rows), int(cols))] * len(output.view_names)
+
+
 @dataclass
 class StepResult:
     step_index: int
@@ -42,16 +48,17 @@ class StepResult:
     def mask_fields(self) -> dict:
         out = self.output
         kept = np.asarray(out.kept_indices, dtype=np.int64)
-        offsets = np.cumsum([0] + [rows * cols for rows, cols in out.grid])
-        kept_per_view = [int(((kept >= offsets[i]) & (kept < offsets[i + 1])).sum()) for i in range(len(out.grid))]
+        grids = view_grids(out)
+        offsets = np.cumsum([0] + [rows * cols for rows, cols in grids])
+        kept_per_view = [int(((kept >= offsets[i]) & (kept < offsets[i + 1])).sum()) for i in range(len(grids))]
         return {
             "step_index": self.step_index,
             "method": self.pruner.method if self.pruner.enabled else "none",
             "keep_ratio": float(self.pruner.keep_ratio if self.pruner.enabled else 1.0),
             "warmup": bool(out.warmup),
             "view_names": list(out.view_names),
-            "grid_rows": [int(rows) for rows, _ in out.grid],
-            "grid_cols": [int(cols) for _, cols in out.grid],
+            "grid_rows": [int(rows) for rows, _ in grids],
+            "grid_cols": [int(cols) for _, cols in grids],
             "view_offsets": [int(v) for v in offsets[:-1]],
             "num_visual_tokens": int(out.num_visual_tokens),
             "kept_indices": [int(v) for v in kept],
@@ -60,7 +67,7 @@ class StepResult:
 
     def stats_fields(self) -> dict:
         out, cfg = self.output, self.pruner
-        diag = dict(out.diagnostics or {})
+        diag = dict(out.pruner or {})
         timings = out.timings or {}
         return {
             "step_index": self.step_index,
@@ -75,8 +82,8 @@ class StepResult:
             "warmup": bool(out.warmup),
             "visual_tokens_before": int(out.num_visual_tokens),
             "visual_tokens_after": int(len(out.kept_indices)),
-            "sequence_length_before": int(out.sequence_length_before),
-            "sequence_length_after": int(out.sequence_length_after),
+            "sequence_length_before": int(out.seq_len_before),
+            "sequence_length_after": int(out.seq_len_after),
             "pool_vl": int(diag.get("pool_vl", 0)),
             "pool_act": int(diag.get("pool_act", 0)),
             "pool_dual": int(diag.get("pool_dual", 0)),
@@ -89,8 +96,8 @@ class StepResult:
             "llm_suffix_ms": float(timings.get("llm_suffix", 0.0)),
             "action_head_ms": float(timings.get("action_head", 0.0)),
             "total_ms": float(timings.get("total", 0.0)),
-            "flops": float(out.flops),
-            "flops_ratio": float(out.flops_ratio),
+            "flops": float(out.flops["pruned"]),
+            "flops_ratio": float(out.flops["ratio"]),
         }
 
     def trajectory_points(self) -> list[tuple[float, list[float]]]:

@@ -1,0 +1,169 @@
+"""The whole hardware-free system in one process over real rclpy: simulated xArm6 + cameras +
+the policy node on the tiny checkpoint (issue 5's "must show")."""
+import threading
+import time
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.srv import GetParameters, SetParameters
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+from trajectory_msgs.msg import JointTrajectory
+
+from ros_harness import RosHarness, wait_for
+from vla_pruner_ros.control.robot_config import load_robot_config
+from vla_pruner_ros.msg import PrunerStats, RetainedTokenMask
+
+ROBOT = load_robot_config()
+MAX_INPUT_AGE = 0.6
+
+
+class Probe:
+    """Records what the system publishes, with receive times."""
+
+    def __init__(self, harness):
+        self.node = harness.node("test_probe")
+        self.lock = threading.Lock()
+        self.trajectories, self.masks, self.stats, self.diagnostics, self.joint_states = [], [], [], [], []
+        self.overlays = []
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(JointTrajectory, ROBOT.trajectory_topic, self._keep(self.trajectories), reliable)
+        self.node.create_subscription(RetainedTokenMask, "/vla_pruner_policy/retained_tokens", self._keep(self.masks), reliable)
+        self.node.create_subscription(PrunerStats, "/vla_pruner_policy/stats", self._keep(self.stats), reliable)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._keep(self.diagnostics), reliable)
+        self.node.create_subscription(JointState, "/joint_states", self._keep(self.joint_states), reliable)
+        self.node.create_subscription(Image, "/vla_pruner_policy/overlay/fixed", self._keep(self.overlays), reliable)
+        self.set_client = self.node.create_client(SetParameters, "/vla_pruner_policy/set_parameters")
+        self.get_client = self.node.create_client(GetParameters, "/vla_pruner_policy/get_parameters")
+
+    def _keep(self, store):
+        def callback(msg):
+            with self.lock:
+                store.append((time.monotonic(), msg))
+        return callback
+
+    def after(self, store, since):
+        with self.lock:
+            return [msg for t, msg in store if t >= since]
+
+    def _call(self, client, request, timeout=10.0):
+        assert client.wait_for_service(timeout_sec=timeout), "parameter service not available"
+        future = client.call_async(request)
+        wait_for(future.done, timeout, message=f"{client.srv_name} response")
+        return future.result()
+
+    def set_parameters(self, **values):
+        request = SetParameters.Request()
+        request.parameters = [Parameter(name.replace("__", "."), value=value).to_parameter_msg()
+                              for name, value in values.items()]
+        return self._call(self.set_client, request).results
+
+    def get_parameter(self, name):
+        request = GetParameters.Request(names=[name])
+        value = self._call(self.get_client, request).values[0]
+        return Parameter.from_parameter_msg(type("P", (), {"name": name, "value": value})()).value
+
+
+@pytest.fixture(scope="module")
+def system(tiny_checkpoint):
+    from vla_pruner_ros.model import load_policy
+    from vla_pruner_ros.nodes.policy_node import PolicyNode
+    from vla_pruner_ros.nodes.sim_cameras import SimCamerasNode
+    from vla_pruner_ros.nodes.sim_xarm6 import SimXArm6Node
+
+    policy = load_policy(tiny_checkpoint)
+    harness = RosHarness()
+    probe = Probe(harness)
+    arm = harness.add(SimXArm6Node(context=harness.context))
+    cameras = harness.add(SimCamerasNode(context=harness.context, parameter_overrides=[
+        Parameter("rate", value=15.0)]))
+    node = harness.add(PolicyNode(policy=policy, context=harness.context, parameter_overrides=[
+        Parameter("autostart", value=True),
+        Parameter("instruction", value="move the gripper above the red cube"),
+        Parameter("max_input_age", value=MAX_INPUT_AGE),
+        Parameter("max_joint_velocity", value=1.0),
+        Parameter("prune.keep_ratio", value=0.25),
+    ]))
+    yield harness, probe, node, arm, cameras
+    harness.close()
+
+
+def _steps_wait(probe, count, timeout=60.0):
+    since = time.monotonic()
+    return wait_for(lambda: len(probe.after(probe.stats, since)) >= count and probe.after(probe.stats, since),
+                    timeout, message=f"{count} policy steps")
+
+
+def test_trajectories_arrive_within_limits_and_the_arm_moves(system):
+    harness, probe, node, arm, cameras = system
+    wait_for(lambda: len(probe.trajectories) >= 3, 60.0, message="3 trajectories on the controller topic")
+    first_state = probe.joint_states[0][1]
+    with probe.lock:
+        trajectories = [msg for _, msg in probe.trajectories]
+    dt = 1.0 / node.settings.control_rate
+    for trajectory in trajectories:
+        if not trajectory.points:
+            continue  # a stop command
+        assert list(trajectory.joint_names) == list(ROBOT.joints)
+        positions = np.array([p.positions for p in trajectory.points])
+        assert np.all(positions >= ROBOT.lower) and np.all(positions <= ROBOT.upper)
+        assert np.all(np.abs(np.diff(positions, axis=0)) <= 1.0 * dt + 1e-9)
+        times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in trajectory.points]
+        assert times == pytest.approx([dt * (i + 1) for i in range(len(times))])
+    wait_for(lambda: np.abs(np.array(probe.joint_states[-1][1].position[:6])
+                            - np.array(first_state.position[:6])).max() > 1e-3,
+             10.0, message="the simulated arm to move")
+    overlay = probe.overlays[-1][1]
+    assert (overlay.height, overlay.width, overlay.encoding) == (224, 224, "rgb8")
+
+
+def test_keep_ratio_change_applies_to_the_next_steps(system):
+    harness, probe, node, arm, cameras = system
+    results = probe.set_parameters(prune__keep_ratio=0.125)
+    assert results[0].successful, results[0].reason
+    since = time.monotonic()
+    mask = wait_for(lambda: next((m for m in probe.after(probe.masks, since)
+                                  if not m.warmup and len(m.kept_indices) == 64), None),
+                    30.0, message="a mask with 64 kept tokens (12.5 % of 512)")
+    assert mask.keep_ratio == pytest.approx(0.125) and mask.method == "vla_pruner"
+    assert list(mask.grid_rows) == [16, 16] and list(mask.view_offsets) == [0, 256]
+    assert sum(mask.kept_per_view) == 64 and list(mask.kept_indices) == sorted(mask.kept_indices)
+    stats = wait_for(lambda: next((s for s in probe.after(probe.stats, since) if s.visual_tokens_after == 64), None),
+                     30.0, message="stats of a pruned step")
+    assert stats.visual_tokens_before == 512 and stats.pool_dual >= 64 and stats.total_ms > 0
+    assert probe.get_parameter("prune.keep_ratio") == pytest.approx(0.125)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("prune.keep_ratio", 0.0), ("prune.keep_ratio", 1.5), ("prune.window", 0),
+    ("prune.method", "bogus"), ("prune.layer", 99), ("control_rate", -1.0),
+])
+def test_invalid_parameters_are_rejected_and_the_old_value_holds(system, name, value):
+    harness, probe, node, arm, cameras = system
+    before = probe.get_parameter(name)
+    result = probe.set_parameters(**{name.replace(".", "__"): value})[0]
+    assert not result.successful and result.reason
+    assert probe.get_parameter(name) == before
+
+
+def test_stale_camera_holds_the_arm_and_resumes(system):
+    harness, probe, node, arm, cameras = system
+    _steps_wait(probe, 2)
+    cameras.set_parameters([Parameter("publish.wrist", value=False)])
+    removed = time.monotonic()
+    # Diagnostics go to ERROR with the reason once the frames are older than max_input_age.
+    wait_for(lambda: any(s.level == DiagnosticStatus.ERROR and "wrist: last message" in s.message
+                         for msg in probe.after(probe.diagnostics, removed) for s in msg.status),
+             10.0, message="diagnostics ERROR naming the stale wrist camera")
+    time.sleep(1.5)
+    with probe.lock:
+        latest_step_ms = max(msg.total_ms for _, msg in probe.stats)
+    late = [msg for msg in probe.after(probe.trajectories, removed + MAX_INPUT_AGE + latest_step_ms / 1e3 + 0.3)
+            if msg.points]
+    assert late == [], "commands were sent with a stale camera"
+    cameras.set_parameters([Parameter("publish.wrist", value=True)])
+    resumed = time.monotonic()
+    wait_for(lambda: any(m.points for m in probe.after(probe.trajectories, resumed)), 30.0,
+             message=lambda: f"commands after the camera came back (policy status: {node.status})")

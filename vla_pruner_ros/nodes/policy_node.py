@@ -1,0 +1,415 @@
+"""Policy node: two cameras + joint states + instruction in, xArm6 joint trajectories out.
+
+One control step, end to end:
+  camera/joint callbacks store the latest message (``InputBuffer``)
+  -> the control timer sees every input fresh and no step in flight
+  -> the worker thread converts the frames and runs ``PolicyRunner.step`` (OFT forward with
+     VLA-Pruner dropping visual tokens at layer K, safety limits on the action chunk)
+  -> trajectory, gripper command, retained-token mask, overlays, stats and diagnostics are
+     published.
+Parameters change live and apply from the next step; invalid values are refused whole.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from vla_pruner_ros.control.images import ImageConversionError, compressed_to_rgb, image_to_rgb, rgb_to_image_fields
+from vla_pruner_ros.control.inputs import (
+    InputBuffer,
+    clean_instruction,
+    joint_positions_from_msg,
+    optional_joint_position,
+)
+from vla_pruner_ros.control.overlay import draw_retained_tokens
+from vla_pruner_ros.control.params import PARAMETERS, apply_parameter_changes, settings_from_parameters
+from vla_pruner_ros.control.robot_config import load_robot_config
+from vla_pruner_ros.control.runner import Observation, PolicyRunner, StepResult, format_stats_line, view_grids
+from vla_pruner_ros.msg import PrunerStats, RetainedTokenMask
+
+from ._common import RateLimitedLogger, descriptor, spin_node, stamp_to_seconds
+
+VIEWS = ("fixed", "wrist")
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+
+# Start-up parameters (read-only once the node runs): name -> (default, description)
+STARTUP_PARAMETERS = {
+    "checkpoint": ("", "OFT checkpoint directory (local path)."),
+    "robot_config": ("", "Robot config YAML (joints, limits, action mapping); default config/xarm6.yaml."),
+    "device": ("auto", "Torch device: auto, cpu, cuda, cuda:N."),
+    "dtype": ("auto", "auto (bf16 on CUDA, float32 on CPU), float32, bfloat16 or float16."),
+    "unnorm_key": ("", "dataset_statistics.json key used to un-normalise actions."),
+    "camera_topics.fixed": ("/fixed_camera/color/image_raw", "Fixed (third-person) camera topic."),
+    "camera_topics.wrist": ("/wrist_camera/color/image_raw", "Wrist camera topic."),
+    "image_transport": ("raw", "raw (sensor_msgs/Image) or compressed (CompressedImage on <topic>/compressed)."),
+    "joint_states_topic": ("/joint_states", "sensor_msgs/JointState topic."),
+    "instruction_topic": ("/instruction", "std_msgs/String topic that sets the instruction."),
+    "autostart": (False, "Enable motion output at start-up (otherwise call ~/enable_motion)."),
+    "log_steps": (False, "Log one line per step (method, keep ratio, tokens kept, latency)."),
+}
+
+
+class PolicyNode(Node):
+    def __init__(self, policy=None, node_name: str = "vla_pruner_policy", **kwargs):
+        super().__init__(node_name, **kwargs)
+        self._log = RateLimitedLogger(self.get_logger())
+        for name, (default, text) in STARTUP_PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor(text, read_only=True))
+        for spec in PARAMETERS:
+            constraints = f"one of: {', '.join(spec.choices)}" if spec.choices else ""
+            if spec.exclusive_minimum:
+                constraints = f"> {spec.minimum}"
+            self.declare_parameter(spec.name, spec.default, descriptor(
+                spec.description, minimum=spec.minimum, maximum=spec.maximum, constraints=constraints))
+        param = self.get_parameter
+
+        self.robot = load_robot_config(param("robot_config").value or None)
+        if policy is None:
+            policy = self._load_policy()
+        self.runner = PolicyRunner(policy, self.robot)
+        current = {spec.name: param(spec.name).value for spec in PARAMETERS}
+        self._settings = settings_from_parameters(current, self.runner.num_layers)
+        self._settings_lock = threading.Lock()
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+
+        self._inputs = InputBuffer(required=(*VIEWS, "joint_states"))
+        self._gripper_position = 0.0
+        self._input_errors: dict[str, str] = {}
+        self._motion_enabled = bool(param("autostart").value)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy_step")
+        self._in_flight: Future | None = None
+        self._next_step_time = 0.0
+        self._commanding = False  # a trajectory we sent may still be executing
+        self._status = (WARN, "waiting for inputs", {})
+        self._status_lock = threading.Lock()
+        self._steps_done = 0
+        self._last_result: StepResult | None = None
+
+        inputs_group = ReentrantCallbackGroup()
+        self._control_group = MutuallyExclusiveCallbackGroup()
+        compressed = param("image_transport").value == "compressed"
+        if param("image_transport").value not in ("raw", "compressed"):
+            raise ValueError(f"image_transport must be raw or compressed, got {param('image_transport').value!r}")
+        # Cameras and joint states: only the newest message matters, so best effort, shallow
+        # queues (compatible with reliable publishers too).
+        for view in VIEWS:
+            topic = param(f"camera_topics.{view}").value
+            if compressed:
+                self.create_subscription(CompressedImage, topic.rstrip("/") + "/compressed",
+                                         lambda msg, v=view: self._on_image(v, msg, True),
+                                         qos_profile_sensor_data, callback_group=inputs_group)
+            else:
+                self.create_subscription(Image, topic, lambda msg, v=view: self._on_image(v, msg, False),
+                                         qos_profile_sensor_data, callback_group=inputs_group)
+        self.create_subscription(JointState, param("joint_states_topic").value, self._on_joint_state,
+                                 qos_profile_sensor_data, callback_group=inputs_group)
+        self.create_subscription(String, param("instruction_topic").value, self._on_instruction,
+                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
+                                 callback_group=inputs_group)
+
+        # Commands, masks and stats are recorded and compared later: reliable.
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self._trajectory_pub = self.create_publisher(JointTrajectory, self.robot.trajectory_topic, reliable)
+        self._gripper_pub = (self.create_publisher(JointTrajectory, self.robot.gripper_topic, reliable)
+                             if self.robot.gripper_action_index is not None else None)
+        self._mask_pub = self.create_publisher(RetainedTokenMask, "~/retained_tokens", reliable)
+        self._stats_pub = self.create_publisher(PrunerStats, "~/stats", reliable)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
+        self._overlay_pubs = {view: self.create_publisher(Image, f"~/overlay/{view}",
+                                                          QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+                              for view in VIEWS}
+
+        self.create_service(SetBool, "~/enable_motion", self._on_enable_motion)
+        self.create_service(Trigger, "~/reset_episode", self._on_reset_episode)
+        self.create_timer(0.01, self._tick, callback_group=self._control_group)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.get_logger().info(
+            f"ready: {self._settings.prune_method} keep {self._settings.keep_ratio} at layer "
+            f"{self._settings.prune_layer}; motion {'enabled' if self._motion_enabled else 'disabled (call ~/enable_motion)'}")
+
+    # --- start-up ----------------------------------------------------------------------------
+    def _load_policy(self):
+        from vla_pruner_ros.model import load_policy
+
+        checkpoint = self.get_parameter("checkpoint").value
+        if not checkpoint:
+            raise ValueError("parameter 'checkpoint' is empty: give the OFT checkpoint directory")
+        device = self.get_parameter("device").value
+        dtype = self.get_parameter("dtype").value
+        self.get_logger().info(f"loading policy from {checkpoint} ...")
+        started = time.perf_counter()
+        policy = load_policy(
+            checkpoint,
+            device=None if device == "auto" else device,
+            dtype=None if dtype == "auto" else dtype,
+            unnorm_key=self.get_parameter("unnorm_key").value or None,
+        )
+        self.get_logger().info(f"policy loaded in {time.perf_counter() - started:.1f} s")
+        return policy
+
+    # --- parameters ----------------------------------------------------------------------------
+    def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        changes = {p.name: p.value for p in parameters}
+        try:
+            with self._settings_lock:
+                apply_parameter_changes(self._settings, changes, self.runner.num_layers)
+        except ValueError as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, parameters: list[Parameter]) -> None:
+        changes = {p.name: p.value for p in parameters}
+        with self._settings_lock:
+            self._settings = apply_parameter_changes(self._settings, changes, self.runner.num_layers)
+        self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
+
+    @property
+    def settings(self):
+        with self._settings_lock:
+            return self._settings
+
+    # --- inputs --------------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_image(self, view: str, msg, compressed: bool) -> None:
+        self._inputs.put(view, (msg, compressed), stamp_to_seconds(msg.header.stamp), self._now())
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            positions = joint_positions_from_msg(msg, self.robot.joints)
+        except ValueError as error:
+            # Several publishers may share /joint_states (e.g. the gripper alone): only an
+            # incomplete message that names one of our joints is an error.
+            if any(name in self.robot.joints for name in msg.name):
+                self._input_errors["joint_states"] = str(error)
+                self._log("warning", "joint_states", f"ignoring joint state: {error}")
+            gripper = optional_joint_position(msg, self.robot.gripper_joint)
+            if gripper is not None:
+                self._gripper_position = gripper
+            return
+        self._input_errors.pop("joint_states", None)
+        gripper = optional_joint_position(msg, self.robot.gripper_joint)
+        if gripper is not None:
+            self._gripper_position = gripper
+        self._inputs.put("joint_states", positions, stamp_to_seconds(msg.header.stamp), self._now())
+
+    def _on_instruction(self, msg: String) -> None:
+        try:
+            text = clean_instruction(msg.data)
+        except ValueError as error:
+            self._log("warning", "instruction", f"ignoring instruction: {error}")
+            return
+        if text != self.settings.instruction:
+            # Through the parameter, so `ros2 param get` shows it and it is validated the same way.
+            result = self.set_parameters([Parameter("instruction", Parameter.Type.STRING, text)])[0]
+            if not result.successful:
+                self._log("warning", "instruction", f"instruction refused: {result.reason}")
+
+    # --- services ------------------------------------------------------------------------------
+    def _on_enable_motion(self, request: SetBool.Request, response: SetBool.Response):
+        self._motion_enabled = bool(request.data)
+        if not self._motion_enabled:
+            self._stop_arm()
+        response.success = True
+        response.message = "motion enabled" if self._motion_enabled else "motion disabled"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_reset_episode(self, request: Trigger.Request, response: Trigger.Response):
+        self.runner.reset()
+        response.success = True
+        response.message = "episode reset: pruner history cleared"
+        self.get_logger().info(response.message)
+        return response
+
+    # --- control loop ------------------------------------------------------------------------
+    def _tick(self) -> None:
+        if self._in_flight is not None and not self._in_flight.done():
+            return  # at most one step in flight
+        now = self._now()
+        if now < self._next_step_time:
+            return
+        settings = self.settings
+        snapshot, reason = self._inputs.snapshot(now, settings.max_input_age)
+        if snapshot is None:
+            extra = "; ".join(self._input_errors.values())
+            self._hold(ERROR if self._steps_done else WARN, f"holding: {reason}" + (f"; {extra}" if extra else ""))
+            return
+        if not settings.instruction:
+            self._hold(WARN, "holding: no instruction (set the 'instruction' parameter or publish one)")
+            return
+        self._next_step_time = now + settings.step_period
+        self._in_flight = self._worker.submit(self._run_step, snapshot, settings, self._motion_enabled)
+
+    def _hold(self, level: int, message: str) -> None:
+        if self._commanding:
+            self._stop_arm()
+        self._set_status(level, message)
+        self._log("warning" if level == WARN else "error", "hold", message)
+
+    def _stop_arm(self) -> None:
+        """An empty trajectory: the JointTrajectoryController stops and holds position."""
+        if not self._motion_enabled and not self._commanding:
+            return
+        stop = JointTrajectory()
+        stop.header.stamp = self.get_clock().now().to_msg()
+        stop.joint_names = list(self.robot.joints)
+        self._trajectory_pub.publish(stop)
+        self._commanding = False
+
+    def _run_step(self, snapshot, settings, motion_enabled: bool) -> None:
+        try:
+            images = {}
+            for view in VIEWS:
+                msg, compressed = snapshot[view].value
+                try:
+                    images[view] = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
+                except ImageConversionError as error:
+                    raise ImageConversionError(f"{view} camera: {error}") from None
+            observation = Observation(
+                images=images,
+                joint_positions=snapshot["joint_states"].value,
+                gripper_position=self._gripper_position,
+                instruction=settings.instruction,
+                stamp=max(item.stamp for item in snapshot.values()),
+            )
+            result = self.runner.step(observation, settings)
+        except Exception as error:  # noqa: BLE001 - a failed step must never take the node down
+            message = f"step failed, holding: {type(error).__name__}: {error}"
+            if motion_enabled:
+                self._stop_arm()
+            self._set_status(ERROR, message)
+            self._log("error", "step", message)
+            return
+        stamp = rclpy.time.Time(seconds=result.stamp).to_msg()
+        if motion_enabled and self._motion_enabled:
+            self._publish_commands(result)
+        self._publish_mask(result, stamp)
+        self._publish_stats(result, stamp)
+        if settings.publish_overlays:
+            self._publish_overlays(result, images, stamp)
+        self._steps_done += 1
+        self._last_result = result
+        notes = "; ".join(result.notes)
+        self._set_status(WARN if notes else OK, notes or "running", {
+            "step": str(result.step_index),
+            "latency_ms": f"{result.output.timings.get('total', 0.0):.1f}",
+            "kept_tokens": f"{len(result.output.kept_indices)}/{result.output.num_visual_tokens}",
+            "motion": "enabled" if self._motion_enabled else "disabled",
+        })
+        if self.get_parameter("log_steps").value:
+            self.get_logger().info(format_stats_line(result.stats_fields()))
+
+    # --- publishing ----------------------------------------------------------------------------
+    def _publish_commands(self, result: StepResult) -> None:
+        trajectory = JointTrajectory()
+        # A zero stamp tells the controller to start the trajectory on receipt.
+        trajectory.joint_names = list(self.robot.joints)
+        for seconds, positions in result.trajectory_points():
+            point = JointTrajectoryPoint(positions=positions)
+            point.time_from_start = rclpy.duration.Duration(seconds=seconds).to_msg()
+            trajectory.points.append(point)
+        self._trajectory_pub.publish(trajectory)
+        self._commanding = True
+        if self._gripper_pub is not None:
+            gripper = JointTrajectory()
+            gripper.joint_names = [self.robot.gripper_joint]
+            for seconds, position in result.gripper_points():
+                point = JointTrajectoryPoint(positions=[position])
+                point.time_from_start = rclpy.duration.Duration(seconds=seconds).to_msg()
+                gripper.points.append(point)
+            self._gripper_pub.publish(gripper)
+
+    def _publish_mask(self, result: StepResult, stamp) -> None:
+        msg = RetainedTokenMask()
+        msg.header.stamp = stamp
+        for key, value in result.mask_fields().items():
+            setattr(msg, key, value)
+        self._mask_pub.publish(msg)
+
+    def _publish_stats(self, result: StepResult, stamp) -> None:
+        msg = PrunerStats()
+        msg.header.stamp = stamp
+        for key, value in result.stats_fields().items():
+            setattr(msg, key, value)
+        self._stats_pub.publish(msg)
+
+    def _publish_overlays(self, result: StepResult, images: dict, stamp) -> None:
+        out = result.output
+        kept = np.asarray(out.kept_indices, dtype=np.int64)
+        offset = 0
+        crop_scale = float(getattr(self.runner.policy, "crop_scale", 1.0))
+        for view, (rows, cols) in zip(out.view_names, view_grids(out)):
+            publisher = self._overlay_pubs.get(view)
+            count = rows * cols
+            if publisher is not None:
+                local = kept[(kept >= offset) & (kept < offset + count)] - offset
+                pruned = len(kept) < out.num_visual_tokens
+                overlay = draw_retained_tokens(images[view], rows, cols, local if pruned else None,
+                                               crop_scale=crop_scale)
+                msg = Image(**rgb_to_image_fields(overlay))
+                msg.header.stamp = stamp
+                msg.header.frame_id = f"{view}_camera"
+                publisher.publish(msg)
+            offset += count
+
+    # --- diagnostics -------------------------------------------------------------------------
+    def _set_status(self, level: int, message: str, values: dict | None = None) -> None:
+        with self._status_lock:
+            changed = level != self._status[0]
+            self._status = (level, message, values or {})
+        if changed:
+            self._publish_diagnostics()
+
+    def _publish_diagnostics(self) -> None:
+        with self._status_lock:
+            level, message, values = self._status
+        settings = self.settings
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: policy", message=message,
+                                  hardware_id="xarm6")
+        pairs = {
+            "method": settings.prune_method if settings.prune_enabled else "none",
+            "keep_ratio": f"{settings.keep_ratio:g}",
+            "motion": "enabled" if self._motion_enabled else "disabled",
+            "steps": str(self._steps_done),
+            **values,
+            **{f"input_error.{k}": v for k, v in self._input_errors.items()},
+        }
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in pairs.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(array)
+
+    @property
+    def status(self) -> tuple[int, str, dict]:
+        with self._status_lock:
+            return self._status
+
+    def destroy_node(self):
+        # Let a running step finish (it holds the model); no new ones start after this.
+        self._worker.shutdown(wait=True, cancel_futures=True)
+        return super().destroy_node()
+
+
+def main(args=None) -> int:
+    return spin_node(PolicyNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""Simulated fixed and wrist cameras: renders the table, cubes and the arm at its current
+joint state (``vla_pruner_ros.sim.render``) and publishes both views as rgb8 images."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+
+from vla_pruner_ros.control.images import rgb_to_image_fields
+from vla_pruner_ros.control.inputs import joint_positions_from_msg, optional_joint_position
+from vla_pruner_ros.sim.kinematics import HOME_JOINTS, JOINT_NAMES, XArm6Kinematics
+from vla_pruner_ros.sim.render import Renderer
+from vla_pruner_ros.sim.robot import GRIPPER_CLOSED_ANGLE, GRIPPER_JOINT_NAME
+from vla_pruner_ros.sim.scene import Scene
+
+from ._common import descriptor, spin_node
+
+VIEWS = {"fixed": "/fixed_camera/color/image_raw", "wrist": "/wrist_camera/color/image_raw"}
+
+
+class SimCamerasNode(Node):
+    def __init__(self, node_name: str = "sim_cameras", **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.declare_parameter("scene_seed", 0, descriptor("Seed of the cube layout.", True, 0, 2**31 - 1))
+        self.declare_parameter("width", 224, descriptor("Image width (px).", True, 16, 1920))
+        self.declare_parameter("height", 224, descriptor("Image height (px).", True, 16, 1080))
+        self.declare_parameter("rate", 30.0, descriptor("Frames per second of each view.", True, 0.1, 120.0))
+        for view, topic in VIEWS.items():
+            self.declare_parameter(f"topics.{view}", topic, descriptor(f"Topic of the {view} view.", True))
+            # Live switch, e.g. to see how the policy node reacts to a camera that stops.
+            self.declare_parameter(f"publish.{view}", True, descriptor(f"Publish the {view} view."))
+        self._scene = Scene(seed=self.get_parameter("scene_seed").value)
+        self._kinematics = XArm6Kinematics()
+        self._renderer = Renderer(self.get_parameter("width").value, self.get_parameter("height").value)
+        self._joints = np.array(HOME_JOINTS, dtype=np.float64)
+        self._gripper = 0.0
+        self._lock = threading.Lock()
+        self.create_subscription(JointState, "/joint_states", self._on_joints, qos_profile_sensor_data)
+        # Cameras publish reliably, like realsense2_camera's default; subscribers pick their QoS.
+        qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+        self._image_pubs = {view: self.create_publisher(Image, self.get_parameter(f"topics.{view}").value, qos)
+                            for view in VIEWS}
+        self.create_timer(1.0 / self.get_parameter("rate").value, self._tick)
+        colours = ", ".join(f"{c.colour} at ({c.position[0]:.2f}, {c.position[1]:.2f})" for c in self._scene.cubes)
+        self.get_logger().info(f"simulated cameras, scene seed {self._scene.seed}: cubes {colours}")
+
+    def _on_joints(self, msg: JointState) -> None:
+        try:
+            joints = joint_positions_from_msg(msg, JOINT_NAMES)
+        except ValueError:
+            return
+        gripper = optional_joint_position(msg, GRIPPER_JOINT_NAME)
+        with self._lock:
+            self._joints = joints
+            if gripper is not None:
+                self._gripper = min(1.0, max(0.0, gripper / GRIPPER_CLOSED_ANGLE))
+
+    def _tick(self) -> None:
+        with self._lock:
+            joints, gripper = self._joints.copy(), self._gripper
+        frames = self._kinematics.forward_kinematics(joints)
+        views = self._renderer.render_views(self._scene, frames, gripper)
+        stamp = self.get_clock().now().to_msg()
+        for view, publisher in self._image_pubs.items():
+            if not self.get_parameter(f"publish.{view}").value:
+                continue
+            msg = Image(**rgb_to_image_fields(views[view]))
+            msg.header.stamp = stamp
+            msg.header.frame_id = f"{view}_camera_optical_frame"
+            publisher.publish(msg)
+
+
+def main(args=None) -> int:
+    return spin_node(SimCamerasNode, args, num_threads=2)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""``vla-pruner demo``: the hardware-free system without ``ros2 launch``.
+
+Starts the nodes that ``launch/xarm6.launch.py use_sim:=true`` starts (same plan, from
+``control.launch_logic``) as child processes, then prints one line per policy step
+(method, keep ratio, tokens kept, latency, distance of the gripper to the named cube) until
+Ctrl-C. Type a new instruction and press Enter to change the task while it runs.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", default="", help="OFT checkpoint directory (default: the shipped sim policy)")
+    parser.add_argument("--method", default=None, help="pruning method (default: config/policy.yaml's)")
+    parser.add_argument("--keep-ratio", type=float, default=None, help="fraction of visual tokens kept")
+    parser.add_argument("--instruction", default="", help="task instruction at start-up")
+    parser.add_argument("--scene-seed", type=int, default=0, help="seed of the simulated cube layout")
+    parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
+    parser.add_argument("--launch-arg", action="append", default=[], metavar="NAME:=VALUE",
+                        help="any other launch argument of xarm6.launch.py (repeatable)")
+    parser.add_argument("--log-dir", default="", help="where the nodes' logs go (default: $ROS_LOG_DIR/demo)")
+
+
+def _launch_values(args) -> dict[str, str]:
+    values = {"use_sim": "true", "scene_seed": str(args.scene_seed)}
+    if args.checkpoint:
+        values["checkpoint"] = args.checkpoint
+    if args.instruction:
+        values["instruction"] = args.instruction
+    for item in args.launch_arg:
+        if ":=" not in item:
+            raise SystemExit(f"--launch-arg expects NAME:=VALUE, got {item!r}")
+        name, value = item.split(":=", 1)
+        values[name] = value
+    return values
+
+
+def _instruction_in(params_file: str, node_name: str) -> str:
+    import yaml
+
+    data = yaml.safe_load(Path(params_file).read_text()) or {}
+    return str(((data.get(node_name) or {}).get("ros__parameters") or {}).get("instruction", ""))
+
+
+class _Children:
+    """Child node processes in their own sessions, stopped with SIGINT (clean shutdown)."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, command: list[str]) -> None:
+        log = open(self.log_dir / f"{name}.log", "w")
+        self.processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+
+    def exited(self) -> list[tuple[str, int]]:
+        return [(name, p.returncode) for name, p in self.processes.items() if p.poll() is not None]
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        text = (self.log_dir / f"{name}.log").read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def stop(self, timeout: float = 15.0) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        for name, process in self.processes.items():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"[demo] {name} did not stop in {timeout:.0f} s: killing it", file=sys.stderr)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def run(args) -> int:
+    from vla_pruner_ros.control.launch_logic import plan_launch
+
+    values = _launch_values(args)
+    plan = plan_launch(values)
+    policy_spec = next(spec for spec in plan.nodes if spec.executable == "policy_node")
+    overrides = policy_spec.parameters[1]
+    if args.method:
+        overrides["prune.method"] = args.method
+    if args.keep_ratio is not None:
+        overrides["prune.keep_ratio"] = args.keep_ratio
+    log_dir = Path(args.log_dir or Path(os.environ.get("ROS_LOG_DIR", "/tmp")) / "demo")
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    import rclpy
+
+    from vla_pruner_ros.tools.monitor import DemoMonitor
+
+    children = _Children(log_dir)
+    checkpoint = overrides["checkpoint"]
+    print(f"[demo] simulated xArm6 + cameras + policy node; checkpoint: {checkpoint}")
+    print(f"[demo] node logs: {log_dir}/<node>.log")
+    for spec in plan.nodes:
+        children.start(spec.name, spec.command())
+    rclpy.init()
+    instruction = overrides.get("instruction") or _instruction_in(policy_spec.parameters[0], policy_spec.name)
+    monitor = DemoMonitor(scene_seed=args.scene_seed, policy_node=policy_spec.name, instruction=instruction)
+    stop = threading.Event()
+    print("[demo] loading the policy ... (type an instruction + Enter to change the task, Ctrl-C to stop)")
+    started = time.monotonic()
+    code = 0
+    try:
+        while not stop.is_set():
+            rclpy.spin_once(monitor, timeout_sec=0.1)
+            for name, returncode in children.exited():
+                print(f"[demo] {name} exited with code {returncode}; its log ends with:\n"
+                      f"{children.log_tail(name)}", file=sys.stderr)
+                code = 1
+                stop.set()
+            if args.duration and time.monotonic() - started > args.duration:
+                stop.set()
+            if sys.stdin.isatty() and select.select([sys.stdin], [], [], 0)[0]:
+                line = sys.stdin.readline().strip()
+                if line:
+                    monitor.send_instruction(line)
+    except KeyboardInterrupt:
+        print()
+    finally:
+        print("[demo] stopping nodes ...")
+        children.stop()
+        monitor.print_summary()
+        monitor.destroy_node()
+        rclpy.try_shutdown()
+    return code

@@ -1,0 +1,92 @@
+"""The demo's console: one line per policy step, diagnostics when they change, and the
+instruction typed by the user forwarded to the policy."""
+from __future__ import annotations
+
+import re
+import statistics
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+
+from vla_pruner_ros.control.runner import format_stats_line
+from vla_pruner_ros.msg import PrunerStats
+
+_LEVELS = {DiagnosticStatus.OK: "OK", DiagnosticStatus.WARN: "WARN", DiagnosticStatus.ERROR: "ERROR",
+           DiagnosticStatus.STALE: "STALE"}
+_COLOUR = re.compile(r"\b(red|green|blue)\b")
+
+
+def stats_to_fields(msg: PrunerStats) -> dict:
+    return {name: getattr(msg, name) for name in msg.get_fields_and_field_types()}
+
+
+class DemoMonitor(Node):
+    def __init__(self, scene_seed: int = 0, policy_node: str = "vla_pruner_policy", instruction: str = ""):
+        super().__init__("vla_pruner_demo_monitor")
+        from vla_pruner_ros.sim.kinematics import XArm6Kinematics
+        from vla_pruner_ros.sim.scene import Scene
+
+        self._scene = Scene(seed=scene_seed)
+        self._kinematics = XArm6Kinematics()
+        self._joints: np.ndarray | None = None
+        self._instruction = instruction
+        self._last_diag: tuple[int, str] | None = None
+        self._latencies: list[float] = []
+        self._steps = 0
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(PrunerStats, f"/{policy_node}/stats", self._on_stats, reliable)
+        self.create_subscription(JointState, "/joint_states", self._on_joints, qos_profile_sensor_data)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, reliable)
+        self.create_subscription(String, "/instruction", self._on_instruction, reliable)
+        self._instruction_pub = self.create_publisher(String, "/instruction", reliable)
+
+    def send_instruction(self, text: str) -> None:
+        self._instruction_pub.publish(String(data=text))
+        print(f"[demo] instruction -> {text!r}")
+
+    def _on_instruction(self, msg: String) -> None:
+        self._instruction = msg.data
+
+    def _on_joints(self, msg: JointState) -> None:
+        names = list(msg.name)
+        if all(f"joint{i}" in names for i in range(1, 7)):
+            self._joints = np.array([msg.position[names.index(f"joint{i}")] for i in range(1, 7)])
+
+    def _target_text(self) -> str:
+        match = _COLOUR.search(self._instruction.lower())
+        if match is None or self._joints is None:
+            return ""
+        cube = self._scene.cube(match.group(1))
+        tcp = self._kinematics.tcp_pose(self._joints)[:3, 3]
+        horizontal = float(np.linalg.norm(tcp[:2] - cube.position[:2]))
+        height = float(tcp[2] - cube.top)
+        return f" | {cube.colour} cube: {horizontal * 100:5.1f} cm away, {height * 100:5.1f} cm above"
+
+    def _on_stats(self, msg: PrunerStats) -> None:
+        fields = stats_to_fields(msg)
+        self._steps += 1
+        if not fields["warmup"]:
+            self._latencies.append(fields["total_ms"])
+        print(format_stats_line(fields) + self._target_text(), flush=True)
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if not status.name.endswith(": policy"):
+                continue
+            key = (status.level, status.message)
+            if key != self._last_diag:
+                self._last_diag = key
+                level = _LEVELS.get(status.level, str(status.level))
+                print(f"[policy {level}] {status.message}", flush=True)
+
+    def print_summary(self) -> None:
+        if self._latencies:
+            print(f"[demo] {self._steps} steps; policy latency after warm-up: median "
+                  f"{statistics.median(self._latencies):.1f} ms (min {min(self._latencies):.1f}, "
+                  f"max {max(self._latencies):.1f})")
+        else:
+            print(f"[demo] {self._steps} steps")
