@@ -209,6 +209,8 @@ def test_instruction_cleaning():
         clean_instruction("   ")
     with pytest.raises(ValueError, match="not valid UTF-8"):
         clean_instruction(b"\xff\xfe move")
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        clean_instruction("move \ufffd\ufffd to the cube")  # what rclpy makes of invalid bytes
     with pytest.raises(ValueError, match="at most 512"):
         clean_instruction("x" * 600)
 

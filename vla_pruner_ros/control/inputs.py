@@ -117,6 +117,9 @@ def clean_instruction(text) -> str:
         except UnicodeDecodeError as error:
             raise ValueError(f"instruction is not valid UTF-8 ({error.reason} at byte {error.start})") from None
     text = " ".join(str(text).split())
+    if "\ufffd" in text:
+        # rclpy decodes invalid UTF-8 with replacement characters instead of failing.
+        raise ValueError("instruction is not valid UTF-8 (it holds U+FFFD replacement characters)")
     if not text:
         raise ValueError("instruction is empty; expected a task description such as 'pick up the red cube'")
     if len(text) > MAX_INSTRUCTION_CHARS:

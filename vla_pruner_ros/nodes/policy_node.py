@@ -22,7 +22,8 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
@@ -98,6 +99,7 @@ class PolicyNode(Node):
         self._status = (WARN, "waiting for inputs", {})
         self._status_lock = threading.Lock()
         self._steps_done = 0
+        self._failed_steps = 0
         self._last_result: StepResult | None = None
 
         inputs_group = ReentrantCallbackGroup()
@@ -106,21 +108,19 @@ class PolicyNode(Node):
         if param("image_transport").value not in ("raw", "compressed"):
             raise ValueError(f"image_transport must be raw or compressed, got {param('image_transport').value!r}")
         # Cameras and joint states: only the newest message matters, so best effort, shallow
-        # queues (compatible with reliable publishers too).
+        # queues (compatible with reliable publishers too). The instruction is reliable.
         for view in VIEWS:
             topic = param(f"camera_topics.{view}").value
             if compressed:
-                self.create_subscription(CompressedImage, topic.rstrip("/") + "/compressed",
-                                         lambda msg, v=view: self._on_image(v, msg, True),
-                                         qos_profile_sensor_data, callback_group=inputs_group)
+                self._subscribe(CompressedImage, topic.rstrip("/") + "/compressed", f"{view} camera",
+                                lambda msg, v=view: self._on_image(v, msg, True), qos_profile_sensor_data, inputs_group)
             else:
-                self.create_subscription(Image, topic, lambda msg, v=view: self._on_image(v, msg, False),
-                                         qos_profile_sensor_data, callback_group=inputs_group)
-        self.create_subscription(JointState, param("joint_states_topic").value, self._on_joint_state,
-                                 qos_profile_sensor_data, callback_group=inputs_group)
-        self.create_subscription(String, param("instruction_topic").value, self._on_instruction,
-                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
-                                 callback_group=inputs_group)
+                self._subscribe(Image, topic, f"{view} camera", lambda msg, v=view: self._on_image(v, msg, False),
+                                qos_profile_sensor_data, inputs_group)
+        self._subscribe(JointState, param("joint_states_topic").value, "joint_states", self._on_joint_state,
+                        qos_profile_sensor_data, inputs_group)
+        self._subscribe(String, param("instruction_topic").value, "instruction", self._on_instruction,
+                        QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE), inputs_group)
 
         # Commands, masks and stats are recorded and compared later: reliable.
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -130,6 +130,10 @@ class PolicyNode(Node):
         self._mask_pub = self.create_publisher(RetainedTokenMask, "~/retained_tokens", reliable)
         self._stats_pub = self.create_publisher(PrunerStats, "~/stats", reliable)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
+        # The instruction in effect, latched: a recorder or replay started later still gets it.
+        self._instruction_pub = self.create_publisher(String, "~/instruction", QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self._instruction_pub.publish(String(data=self._settings.instruction))
         self._overlay_pubs = {view: self.create_publisher(Image, f"~/overlay/{view}",
                                                           QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
                               for view in VIEWS}
@@ -176,6 +180,8 @@ class PolicyNode(Node):
         changes = {p.name: p.value for p in parameters}
         with self._settings_lock:
             self._settings = apply_parameter_changes(self._settings, changes, self.runner.num_layers)
+        if "instruction" in changes:
+            self._instruction_pub.publish(String(data=self._settings.instruction))
         self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
 
     @property
@@ -184,6 +190,27 @@ class PolicyNode(Node):
             return self._settings
 
     # --- inputs --------------------------------------------------------------------------------
+    def _subscribe(self, msg_type, topic: str, input_name: str, handler, qos, group) -> None:
+        """Subscribe to serialized messages and deserialize them here: a malformed message (e.g. a
+        string that is not UTF-8) must be reported, not raise inside the executor and stop it."""
+
+        def callback(data: bytes) -> None:
+            try:
+                msg = deserialize_message(data, msg_type)
+            except Exception as error:  # noqa: BLE001 - anything a bad sender can trigger
+                self._input_error(input_name, f"undecodable {msg_type.__name__} on {topic}: {error}")
+                return
+            try:
+                handler(msg)
+            except Exception as error:  # noqa: BLE001 - a bug here must not stop the node either
+                self._input_error(input_name, f"{type(error).__name__} while handling {topic}: {error}")
+
+        self.create_subscription(msg_type, topic, callback, qos, callback_group=group, raw=True)
+
+    def _input_error(self, input_name: str, reason: str) -> None:
+        self._input_errors[input_name] = reason
+        self._log("warning", input_name, f"{input_name}: {reason}")
+
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
@@ -197,8 +224,7 @@ class PolicyNode(Node):
             # Several publishers may share /joint_states (e.g. the gripper alone): only an
             # incomplete message that names one of our joints is an error.
             if any(name in self.robot.joints for name in msg.name):
-                self._input_errors["joint_states"] = str(error)
-                self._log("warning", "joint_states", f"ignoring joint state: {error}")
+                self._input_error("joint_states", f"ignored: {error}")
             gripper = optional_joint_position(msg, self.robot.gripper_joint)
             if gripper is not None:
                 self._gripper_position = gripper
@@ -213,13 +239,14 @@ class PolicyNode(Node):
         try:
             text = clean_instruction(msg.data)
         except ValueError as error:
-            self._log("warning", "instruction", f"ignoring instruction: {error}")
+            self._input_error("instruction", f"ignored: {error}")
             return
+        self._input_errors.pop("instruction", None)
         if text != self.settings.instruction:
             # Through the parameter, so `ros2 param get` shows it and it is validated the same way.
             result = self.set_parameters([Parameter("instruction", Parameter.Type.STRING, text)])[0]
             if not result.successful:
-                self._log("warning", "instruction", f"instruction refused: {result.reason}")
+                self._input_error("instruction", f"refused: {result.reason}")
 
     # --- services ------------------------------------------------------------------------------
     def _on_enable_motion(self, request: SetBool.Request, response: SetBool.Response):
@@ -274,6 +301,8 @@ class PolicyNode(Node):
         self._commanding = False
 
     def _run_step(self, snapshot, settings, motion_enabled: bool) -> None:
+        """One step on the worker thread. Nothing raised here may escape: a bad frame, a model
+        error or a NaN action means no command, a stop, and diagnostics saying why."""
         try:
             images = {}
             for view in VIEWS:
@@ -282,6 +311,8 @@ class PolicyNode(Node):
                     images[view] = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
                 except ImageConversionError as error:
                     raise ImageConversionError(f"{view} camera: {error}") from None
+            self._input_errors.pop("fixed camera", None)
+            self._input_errors.pop("wrist camera", None)
             observation = Observation(
                 images=images,
                 joint_positions=snapshot["joint_states"].value,
@@ -290,13 +321,19 @@ class PolicyNode(Node):
                 stamp=max(item.stamp for item in snapshot.values()),
             )
             result = self.runner.step(observation, settings)
+            self._publish_step(result, images, settings, motion_enabled)
         except Exception as error:  # noqa: BLE001 - a failed step must never take the node down
-            message = f"step failed, holding: {type(error).__name__}: {error}"
+            if isinstance(error, ImageConversionError):
+                message = f"holding: bad input: {error}"
+            else:
+                message = f"step failed, holding: {type(error).__name__}: {error}"
+            self._failed_steps += 1
             if motion_enabled:
                 self._stop_arm()
             self._set_status(ERROR, message)
             self._log("error", "step", message)
-            return
+
+    def _publish_step(self, result: StepResult, images: dict, settings, motion_enabled: bool) -> None:
         stamp = rclpy.time.Time(seconds=result.stamp).to_msg()
         if motion_enabled and self._motion_enabled:
             self._publish_commands(result)
@@ -388,6 +425,7 @@ class PolicyNode(Node):
             "keep_ratio": f"{settings.keep_ratio:g}",
             "motion": "enabled" if self._motion_enabled else "disabled",
             "steps": str(self._steps_done),
+            "failed_steps": str(self._failed_steps),
             **values,
             **{f"input_error.{k}": v for k, v in self._input_errors.items()},
         }

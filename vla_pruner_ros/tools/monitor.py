@@ -8,7 +8,7 @@ import statistics
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
@@ -41,8 +41,11 @@ class DemoMonitor(Node):
         self.create_subscription(PrunerStats, f"/{policy_node}/stats", self._on_stats, reliable)
         self.create_subscription(JointState, "/joint_states", self._on_joints, qos_profile_sensor_data)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, reliable)
-        self.create_subscription(String, "/instruction", self._on_instruction, reliable)
-        self._instruction_pub = self.create_publisher(String, "/instruction", reliable)
+        self.create_subscription(String, f"/{policy_node}/instruction", self._on_instruction, QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        # Latched, like a `ros2 topic pub` a user would expect a late recorder to catch.
+        self._instruction_pub = self.create_publisher(String, "/instruction", QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
 
     def send_instruction(self, text: str) -> None:
         self._instruction_pub.publish(String(data=text))
