@@ -133,6 +133,11 @@ class Policy:
         return self.model.decoder.num_layers
 
     # -- pruner ------------------------------------------------------------------------------
+    @property
+    def pruner(self):
+        """The pruner object in use (None when unpruned); read-only access for diagnostics."""
+        return self._pruner
+
     def set_pruner(self, config: PrunerConfig | None) -> None:
         """Use ``config`` from the next ``predict`` on (None: no pruning).
 

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench-select": ("vla_pruner_ros.tools.bench_select", "benchmark token selection alone against a dense matmul"),
     "record": ("vla_pruner_ros.tools.record", "record ROS topics into a rosbag2 directory (sqlite3 or mcap)"),
     "replay": ("vla_pruner_ros.tools.replay", "replay a bag offline through the policy with several pruning methods"),
+    "soak": ("vla_pruner_ros.tools.soak", "run the simulated system for many steps and report memory and drift"),
     "train-sim": ("vla_pruner_ros.tools.train_sim", "train a small OFT-format policy on the simulated reach task"),
     "eval-sim": ("vla_pruner_ros.tools.eval_sim", "closed-loop success rate per pruning method in the simulator"),
     "eval-libero": ("vla_pruner_ros.tools.eval_libero", "LIBERO success rate per pruning method (optional extra)"),
