@@ -376,3 +376,69 @@ def test_compressed_images_that_do_not_decode_hold(tiny_checkpoint):
         system.wait_commands(time.monotonic())
     finally:
         system.close()
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+def _copy_checkpoint(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+class _Payload:
+    """Unpickling this would run a shell command: a state-dict file must never do that."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_runs_code_is_refused_without_running_it(tiny_checkpoint, tmp_path):
+    import torch
+
+    from vla_pruner_ros.model import load_policy
+
+    checkpoint = _copy_checkpoint(tiny_checkpoint, tmp_path / "evil")
+    marker = tmp_path / "code_ran"
+    head = next(checkpoint.glob("action_head--*.pt"))
+    torch.save({"module.model.fc1.weight": _Payload(marker)}, head)
+    with pytest.raises(Exception) as error:
+        load_policy(checkpoint)
+    assert head.name in str(error.value)
+    assert not marker.exists(), "loading the checkpoint executed code"
+
+
+def test_missing_files_and_statistics_keys_are_named(tiny_checkpoint, tmp_path):
+    import json
+
+    from vla_pruner_ros.model import load_policy
+
+    no_config = _copy_checkpoint(tiny_checkpoint, tmp_path / "no_config")
+    (no_config / "config.json").unlink()
+    with pytest.raises(Exception, match="config.json"):
+        load_policy(no_config)
+    other_key = _copy_checkpoint(tiny_checkpoint, tmp_path / "other_key")
+    stats = json.loads((other_key / "dataset_statistics.json").read_text())
+    (other_key / "dataset_statistics.json").write_text(json.dumps({"libero_spatial_no_noops": stats["xarm6_sim"]}))
+    with pytest.raises(Exception, match="xarm6_sim") as error:
+        load_policy(other_key, unnorm_key="xarm6_sim")
+    assert "libero_spatial_no_noops" in str(error.value)
+
+
+def test_the_node_refuses_a_bad_checkpoint_with_a_message_not_a_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "vla_pruner_ros.nodes.policy_node", "--ros-args",
+         "-p", f"checkpoint:={tmp_path / 'nowhere'}"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert result.returncode == 1
+    assert "fatal:" in result.stderr and "nowhere" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -11,6 +11,7 @@ Parameters change live and apply from the next step; invalid values are refused 
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +41,7 @@ from vla_pruner_ros.control.overlay import draw_retained_tokens
 from vla_pruner_ros.control.params import PARAMETERS, apply_parameter_changes, settings_from_parameters
 from vla_pruner_ros.control.robot_config import load_robot_config
 from vla_pruner_ros.control.runner import Observation, PolicyRunner, StepResult, format_stats_line, view_grids
+from vla_pruner_ros.model.processing_oft import CENTER_CROP_AREA
 from vla_pruner_ros.msg import PrunerStats, RetainedTokenMask
 
 from ._common import RateLimitedLogger, descriptor, spin_node, stamp_to_seconds
@@ -54,6 +56,8 @@ STARTUP_PARAMETERS = {
     "device": ("auto", "Torch device: auto, cpu, cuda, cuda:N."),
     "dtype": ("auto", "auto (bf16 on CUDA, float32 on CPU), float32, bfloat16 or float16."),
     "unnorm_key": ("", "dataset_statistics.json key used to un-normalise actions."),
+    "chunk_length": (0, "Actions per chunk; 0: the checkpoint's (real OFT checkpoints do not record it: LIBERO 8)."),
+    "center_crop": ("auto", "auto (the checkpoint's), true or false: OFT's test-time center crop."),
     "camera_topics.fixed": ("/fixed_camera/color/image_raw", "Fixed (third-person) camera topic."),
     "camera_topics.wrist": ("/wrist_camera/color/image_raw", "Wrist camera topic."),
     "image_transport": ("raw", "raw (sensor_msgs/Image) or compressed (CompressedImage on <topic>/compressed)."),
@@ -82,6 +86,10 @@ class PolicyNode(Node):
         if policy is None:
             policy = self._load_policy()
         self.runner = PolicyRunner(policy, self.robot)
+        # With OFT's center crop the patch grid covers the central sqrt(area) of each image side.
+        processor = getattr(policy, "image_processor", None)
+        self._overlay_crop_scale = (math.sqrt(CENTER_CROP_AREA)
+                                    if getattr(processor, "center_crop", False) else 1.0)
         current = {spec.name: param(spec.name).value for spec in PARAMETERS}
         self._settings = settings_from_parameters(current, self.runner.num_layers)
         self._settings_lock = threading.Lock()
@@ -153,15 +161,27 @@ class PolicyNode(Node):
         checkpoint = self.get_parameter("checkpoint").value
         if not checkpoint:
             raise ValueError("parameter 'checkpoint' is empty: give the OFT checkpoint directory")
+        import torch
+
         device = self.get_parameter("device").value
-        dtype = self.get_parameter("dtype").value
+        dtype_name = self.get_parameter("dtype").value
+        dtypes = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if dtype_name not in dtypes:
+            raise ValueError(f"parameter 'dtype' is {dtype_name!r}; expected one of {', '.join(dtypes)}")
+        crop = self.get_parameter("center_crop").value
+        crops = {"auto": None, "true": True, "false": False}
+        if crop not in crops:
+            raise ValueError(f"parameter 'center_crop' is {crop!r}; expected auto, true or false")
+        chunk_length = self.get_parameter("chunk_length").value
         self.get_logger().info(f"loading policy from {checkpoint} ...")
         started = time.perf_counter()
         policy = load_policy(
             checkpoint,
             device=None if device == "auto" else device,
-            dtype=None if dtype == "auto" else dtype,
+            dtype=dtypes[dtype_name],
             unnorm_key=self.get_parameter("unnorm_key").value or None,
+            chunk_length=chunk_length or None,
+            center_crop=crops[crop],
         )
         self.get_logger().info(f"policy loaded in {time.perf_counter() - started:.1f} s")
         return policy
@@ -391,7 +411,7 @@ class PolicyNode(Node):
         out = result.output
         kept = np.asarray(out.kept_indices, dtype=np.int64)
         offset = 0
-        crop_scale = float(getattr(self.runner.policy, "crop_scale", 1.0))
+        crop_scale = self._overlay_crop_scale
         for view, (rows, cols) in zip(out.view_names, view_grids(out)):
             publisher = self._overlay_pubs.get(view)
             count = rows * cols
