@@ -388,3 +388,15 @@ def test_cli_make_and_verify(tmp_path, capsys):
     assert "OK" in capsys.readouterr().out
     assert ckpt.run(parser.parse_args(["verify", "--preset", "oft-7b"])) == 0
     assert "7541237184" in capsys.readouterr().out
+
+
+def test_cli_make_takes_the_libero_shapes(tmp_path, capsys):
+    from vla_pruner_ros.tools.cli import main
+
+    out = tmp_path / "libero"
+    assert main(["checkpoint", "make", "--preset", "tiny", "--out", str(out), "--action-dim", "7",
+                 "--proprio-dim", "8", "--center-crop", "on", "--unnorm-key", "libero_spatial_no_noops"]) == 0
+    assert main(["checkpoint", "verify", "--path", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "action_dim 7, proprio_dim 8" in printed and "libero_spatial_no_noops" in printed
+    assert json.loads((out / "vla_pruner_oft.json").read_text())["center_crop"] is True

@@ -23,6 +23,7 @@ normalisation type -- and is read as defaults by ``load_checkpoint``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -95,6 +96,17 @@ PRESETS: dict[str, CheckpointPreset] = {
                         {"embed_dim": 288, "depth": 4, "num_heads": 4}),
         text_config={"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 16,
                      "num_attention_heads": 8},
+        tokenizer_pieces=32000,
+    ),
+    "xarm6-sim": CheckpointPreset(
+        name="xarm6-sim",
+        description="the simulated xArm6 reach policy (train-sim): 2x64 visual tokens (112 px), towers 3 layers "
+                    "of width 96, LLM 6 layers of width 128 with tied embeddings (no stored token head)",
+        image_size=112,
+        timm_overrides=({"embed_dim": 96, "depth": 3, "num_heads": 2},
+                        {"embed_dim": 96, "depth": 3, "num_heads": 2}),
+        text_config={"hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 6,
+                     "num_attention_heads": 4, "tie_word_embeddings": True},
         tokenizer_pieces=32000,
     ),
     "oft-7b": CheckpointPreset(
@@ -541,6 +553,17 @@ def _shard(names: list[str], sizes: dict[str, int], shards: int) -> list[list[st
     return groups
 
 
+def build_model(preset: str | CheckpointPreset, seed: int = 0) -> OFTForActionPrediction:
+    """The preset's model with the writer's seeded random weights (the starting point of training)."""
+    preset = _get_preset(preset)
+    if not preset.writable:
+        raise ValueError(f"preset {preset.name!r} has the real sizes: build_model only makes reduced presets")
+    model = OFTForActionPrediction(preset_config(preset), preset.action_dim, preset.chunk_length,
+                                   preset.proprio_dim, preset.num_head_blocks)
+    _seeded_init_(model, seed)
+    return model
+
+
 def make_checkpoint(preset: str | CheckpointPreset, out_dir: str | os.PathLike, seed: int = 0,
                     shards: int | None = None, **overrides: Any) -> Path:
     """Write a complete checkpoint directory in the OFT layout with seeded random weights.
@@ -576,9 +599,8 @@ def make_checkpoint(preset: str | CheckpointPreset, out_dir: str | os.PathLike, 
     weights_dtype_name = overrides.get("weights_dtype", "bfloat16")
     if weights_dtype_name not in _TORCH_DTYPES:
         raise ValueError(f"weights_dtype={weights_dtype_name!r}: expected one of {sorted(_TORCH_DTYPES)}")
-    weights_dtype = _TORCH_DTYPES[weights_dtype_name]
 
-    from .tokenization_oft import build_tokenizer, save_tokenizer_files
+    from .tokenization_oft import build_tokenizer
 
     pieces = overrides.get("tokenizer_pieces", preset.tokenizer_pieces)
     config = preset_config(preset, overrides.get("image_size"), overrides.get("text_config"),
@@ -591,13 +613,49 @@ def make_checkpoint(preset: str | CheckpointPreset, out_dir: str | os.PathLike, 
 
     model = OFTForActionPrediction(config, action_dim, chunk_length, proprio_dim, preset.num_head_blocks)
     _seeded_init_(model, seed)
-    backbone = {timm_to_checkpoint_key(name): tensor.to(weights_dtype).contiguous()
+    return save_checkpoint(model, out, statistics, tokenizer, preset_name=preset.name, seed=seed, shards=shards,
+                           step=step, unnorm_key=unnorm_key, weights_dtype=weights_dtype_name,
+                           center_crop=bool(overrides.get("center_crop", False)),
+                           normalization_type=normalization_type, num_images=num_images)
+
+
+def save_checkpoint(model: OFTForActionPrediction, out_dir: str | os.PathLike, statistics: dict[str, Any],
+                    tokenizer, *, preset_name: str, seed: int = 0, shards: int | None = None, step: int = 5000,
+                    unnorm_key: str = "xarm6_sim", weights_dtype: str = "bfloat16", center_crop: bool = False,
+                    normalization_type: str = "bounds_q99", num_images: int = DEFAULT_NUM_IMAGES,
+                    view_names: tuple[str, ...] | None = None) -> Path:
+    """Write ``model``'s weights (random or trained) as a checkpoint directory in the OFT layout.
+
+    statistics: the ``dataset_statistics.json`` content {unnorm_key: {"action": ..., "proprio": ...}};
+    tokenizer: a ``tokenizers.Tokenizer`` (``tokenization_oft.build_tokenizer``). ``out_dir`` must be
+    new or empty.
+    """
+    from .tokenization_oft import save_tokenizer_files
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"out_dir {out}: exists and is not empty")
+    if weights_dtype not in _TORCH_DTYPES:
+        raise ValueError(f"weights_dtype={weights_dtype!r}: expected one of {sorted(_TORCH_DTYPES)}")
+    if normalization_type not in NORMALIZATION_TYPES:
+        raise ValueError(f"normalization_type={normalization_type!r}: expected one of {NORMALIZATION_TYPES}")
+    if unnorm_key not in statistics:
+        raise ValueError(f"unnorm_key={unnorm_key!r} is not in the statistics {sorted(statistics)}")
+    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
+        raise ValueError(f"shards={shards!r}: expected a positive integer or None")
+    if tokenizer.token_to_id("<PAD>") != model.config.pad_token_id:
+        raise ValueError("tokenizer <PAD> id differs from the config's pad_token_id")
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = _TORCH_DTYPES[weights_dtype]
+    config = copy.deepcopy(model.config)
+    config.norm_stats = statistics
+    backbone = {timm_to_checkpoint_key(name): tensor.detach().to("cpu", dtype).contiguous()
                 for name, tensor in model.state_dict().items() if name.startswith(BACKBONE_PREFIXES)}
     text = config.text_config
     if not text.tie_word_embeddings:
         generator = torch.Generator().manual_seed(seed + 1)
         backbone[LM_HEAD_KEY] = (torch.randn(text.vocab_size, text.hidden_size, generator=generator)
-                                 / math.sqrt(text.hidden_size)).to(weights_dtype)
+                                 / math.sqrt(text.hidden_size)).to(dtype)
 
     from safetensors.torch import save_file
 
@@ -616,10 +674,12 @@ def make_checkpoint(preset: str | CheckpointPreset, out_dir: str | os.PathLike, 
         _write_json(out / INDEX_FILE, {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map})
 
     # Heads: DDP-style "module." keys; action head in bf16, proprio projector in fp32 (as upstream saves them).
-    torch.save({DDP_PREFIX + k: v.to(torch.bfloat16) for k, v in model.action_head.state_dict().items()},
+    torch.save({DDP_PREFIX + k: v.detach().to("cpu", torch.bfloat16)
+                for k, v in model.action_head.state_dict().items()},
                out / f"action_head--{step}_checkpoint.pt")
     if model.proprio_projector is not None:
-        torch.save({DDP_PREFIX + k: v.float() for k, v in model.proprio_projector.state_dict().items()},
+        torch.save({DDP_PREFIX + k: v.detach().to("cpu", torch.float32)
+                    for k, v in model.proprio_projector.state_dict().items()},
                    out / f"proprio_projector--{step}_checkpoint.pt")
 
     config.to_json_file(out / CONFIG_FILE)
@@ -629,11 +689,14 @@ def make_checkpoint(preset: str | CheckpointPreset, out_dir: str | os.PathLike, 
                                                   "pad_token_id": config.pad_token_id,
                                                   "transformers_version": "4.40.1"})
     save_tokenizer_files(tokenizer, out, model_max_length=config.llm_max_length)
-    _write_json(out / SIDECAR_FILE, {
-        "format_version": 1, "preset": preset.name, "seed": seed, "chunk_length": chunk_length,
-        "num_images_in_input": num_images, "unnorm_key": unnorm_key,
-        "center_crop": bool(overrides.get("center_crop", False)), "normalization_type": normalization_type,
-    })
+    sidecar = {
+        "format_version": 1, "preset": preset_name, "seed": seed, "chunk_length": model.chunk_length,
+        "num_images_in_input": num_images, "unnorm_key": unnorm_key, "center_crop": bool(center_crop),
+        "normalization_type": normalization_type,
+    }
+    if view_names is not None:
+        sidecar["view_names"] = list(view_names)
+    _write_json(out / SIDECAR_FILE, sidecar)
     return out
 
 
@@ -744,6 +807,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     make.add_argument("--shards", type=int, default=None, help="write N safetensors shards plus an index")
     make.add_argument("--image-size", type=int, default=None, help="per-view image size (multiple of 14)")
     make.add_argument("--chunk-length", type=int, default=None)
+    make.add_argument("--action-dim", type=int, default=None, help="action dimensions (LIBERO and xArm6: 7)")
+    make.add_argument("--proprio-dim", type=int, default=None, help="proprio dimensions (LIBERO: 8, xArm6: 7)")
+    make.add_argument("--center-crop", choices=("on", "off"), default=None,
+                      help="record that the policy uses OFT's test-time center crop")
     make.add_argument("--unnorm-key", default=None)
     make.add_argument("--weights-dtype", choices=sorted(_TORCH_DTYPES), default=None)
     verify = sub.add_parser("verify", help="check tensor names/shapes of a directory or a preset (no loading)")
@@ -754,7 +821,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.checkpoint_command == "make":
+        center_crop = None if args.center_crop is None else args.center_crop == "on"
         overrides = {k: v for k, v in (("image_size", args.image_size), ("chunk_length", args.chunk_length),
+                                       ("action_dim", args.action_dim), ("proprio_dim", args.proprio_dim),
+                                       ("center_crop", center_crop),
                                        ("unnorm_key", args.unnorm_key), ("weights_dtype", args.weights_dtype))
                      if v is not None}
         out = make_checkpoint(args.preset, args.out, seed=args.seed, shards=args.shards, **overrides)
