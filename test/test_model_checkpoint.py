@@ -83,6 +83,9 @@ def test_tokenizer_files_load_with_transformers(tiny_dir):
     ids = tokenizer("In: What action should the robot take to pick up the red block?\nOut:")["input_ids"]
     assert ids[0] == 1 and tokenizer.unk_token_id not in ids
     assert tokenizer.decode(ids, skip_special_tokens=True).startswith("In: What action")
+    # Merges in the "a b" string form that older tokenizers (OFT's pinned 0.19) can read.
+    merges = json.loads((tiny_dir / "tokenizer.json").read_text())["model"]["merges"]
+    assert merges and all(isinstance(m, str) and m.count(" ") == 1 for m in merges)
 
 
 def test_word_start_id_is_looked_up_not_hard_coded(tmp_path):

@@ -3,10 +3,12 @@
 Images (per view, HxWx3 uint8):
 1. if not already image_size x image_size: JPEG round trip (quality 95) and an antialiased
    Lanczos resize to image_size (OFT's ``resize_image_for_policy``; OFT does both with TensorFlow,
-   we use Pillow, so this step is close but not bit-exact);
+   we use Pillow, so this step is close but not bit-exact: TF decodes the JPEG with libjpeg's fast
+   integer IDCT, Pillow with the accurate one, and the Lanczos kernels differ; on 640x480 camera-like
+   images ~1/4 of the pixels end up 1-6 levels off, see test_model_upstream);
 2. optional center crop (models trained with image augmentation): the central 90 % of the area,
-   bilinear ``crop_and_resize`` back to image_size with TensorFlow's sampling grid, back to uint8 as
-   floor(x * 255.5) (TF ``convert_image_dtype``);
+   bilinear ``crop_and_resize`` back to image_size with TensorFlow's sampling grid, in float32 as
+   TF computes it, back to uint8 as floor(x * 255.5) (TF ``convert_image_dtype``): bit-exact;
 3. the Prismatic processor: ``image_resize_strategy`` (resize-naive: bicubic resize to the square;
    resize-crop: shorter side then center crop; letterbox: pad to square first), to [0, 1], then per
    tower normalisation (DINOv2: ImageNet mean/std; SigLIP: 0.5/0.5), channel-stacked (6, S, S).
@@ -85,32 +87,45 @@ def resize_for_policy(image: np.ndarray, size: int) -> np.ndarray:
 
 def tf_crop_and_resize(image: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
     """TensorFlow ``crop_and_resize`` (bilinear) of one float image (H, W, C), normalised box
-    (y1, x1, y2, x2), output (size, size, C)."""
-    height, width = image.shape[:2]
-    y1, x1, y2, x2 = box
+    (y1, x1, y2, x2), output (size, size, C).
 
-    def grid(start: float, stop: float, extent: int) -> np.ndarray:
+    All arithmetic in float32, in the CPU kernel's order: the sampling grid, the lerp weights and
+    the two lerps. In float64 a few pixels land on the other side of a uint8 rounding boundary.
+    """
+    f32 = np.float32
+    height, width = image.shape[:2]
+    y1, x1, y2, x2 = (f32(v) for v in box)
+    image = image.astype(f32, copy=False)
+
+    def grid(start: np.float32, stop: np.float32, extent: int) -> np.ndarray:
         if size == 1:
-            return np.array([0.5 * (start + stop) * (extent - 1)])
-        return start * (extent - 1) + np.arange(size) * (stop - start) * (extent - 1) / (size - 1)
+            return np.array([f32(0.5) * (start + stop) * f32(extent - 1)], dtype=f32)
+        step = (stop - start) * f32(extent - 1) / f32(size - 1)
+        return start * f32(extent - 1) + np.arange(size, dtype=f32) * step
 
     ys, xs = grid(y1, y2, height), grid(x1, x2, width)
     top, left = np.floor(ys).astype(int), np.floor(xs).astype(int)
     bottom, right = np.minimum(np.ceil(ys).astype(int), height - 1), np.minimum(np.ceil(xs).astype(int), width - 1)
-    dy, dx = (ys - top)[:, None, None], (xs - left)[None, :, None]
+    dy, dx = (ys - top).astype(f32)[:, None, None], (xs - left).astype(f32)[None, :, None]
     top_row = image[top][:, left] + (image[top][:, right] - image[top][:, left]) * dx
     bottom_row = image[bottom][:, left] + (image[bottom][:, right] - image[bottom][:, left]) * dx
     return top_row + (bottom_row - top_row) * dy
 
 
 def center_crop(image: np.ndarray, area: float = CENTER_CROP_AREA) -> np.ndarray:
-    """OFT's test-time center crop: central ``area`` of the image, resized back, uint8."""
-    side = float(np.clip(np.sqrt(area), 0.0, 1.0))
-    offset = (1.0 - side) / 2.0
-    as_float = image.astype(np.float32) / 255.0
+    """OFT's test-time center crop: central ``area`` of the image, resized back, uint8.
+
+    Float32 throughout like TF: the box from sqrt(area) in float32, uint8 -> float as x * (1/255),
+    float -> uint8 as a truncating cast of x * 255.5 (``convert_image_dtype``). Bit-exact with
+    upstream's TF ``center_crop_image`` on the images we checked (test_model_upstream).
+    """
+    f32 = np.float32
+    side = np.clip(np.sqrt(f32(area)), f32(0.0), f32(1.0))
+    offset = (f32(1.0) - side) / f32(2.0)
+    as_float = image.astype(f32) * f32(1.0 / 255)
     cropped = tf_crop_and_resize(as_float, (offset, offset, offset + side, offset + side), image.shape[0])
-    cropped = np.clip(cropped, 0.0, 1.0)
-    return np.minimum(np.floor(cropped * 255.5), 255).astype(np.uint8)  # TF float->uint8 conversion
+    cropped = np.clip(cropped, f32(0.0), f32(1.0))
+    return np.minimum(cropped * f32(255.5), f32(255.0)).astype(np.uint8)  # the cast truncates, as TF's
 
 
 class OFTImageProcessor:

@@ -110,7 +110,12 @@ def build_tokenizer(num_pieces: int = LLAMA2_NUM_PIECES, char_start: int | None 
 def save_tokenizer_files(tokenizer: Tokenizer, directory: str | os.PathLike, model_max_length: int = 2048) -> None:
     """tokenizer.json, tokenizer_config.json, special_tokens_map.json, added_tokens.json."""
     pad_id = tokenizer.token_to_id(PAD)
-    tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    # Merges as "a b" strings (the Llama-2 files' form): tokenizers < 0.20 -- e.g. the 0.19 that
+    # OFT's transformers fork pins -- cannot read the newer [a, b] pair form; newer ones read both.
+    data = json.loads(tokenizer.to_str())
+    data["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False)
     added = {
         str(tokenizer.token_to_id(token)): {
             "content": token, "lstrip": False, "normalized": False, "rstrip": False,
