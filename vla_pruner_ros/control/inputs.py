@@ -22,6 +22,7 @@ class Stamped:
     value: Any
     stamp: float  # seconds, sender's header stamp (or receive time when the header is empty)
     received: float  # seconds, our clock at reception
+    source_stamp: Any = None  # the sender's stamp object, passed on unchanged (no float round trip)
 
 
 class InputBuffer:
@@ -32,16 +33,18 @@ class InputBuffer:
         self._latest: dict[str, Stamped] = {}
         self._lock = threading.Lock()
 
-    def put(self, name: str, value: Any, stamp: float | None, now: float) -> None:
+    def put(self, name: str, value: Any, stamp: float | None, now: float, source_stamp: Any = None) -> None:
         """Store ``value``; a zero/None stamp means the sender did not stamp it: use ``now``."""
-        stamp = now if not stamp else float(stamp)
+        if not stamp:
+            stamp, source_stamp = now, None
+        stamp = float(stamp)
         with self._lock:
             previous = self._latest.get(name)
             # An older frame arriving late must not replace a newer one -- unless the newer one
             # carried a future stamp, which must not block recovery once the sender is fixed.
             if previous is not None and stamp < previous.stamp <= now + MAX_FUTURE_SKEW:
                 return
-            self._latest[name] = Stamped(value, stamp, now)
+            self._latest[name] = Stamped(value, stamp, now, source_stamp)
 
     def get(self, name: str) -> Stamped | None:
         with self._lock:

@@ -235,7 +235,7 @@ class PolicyNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_image(self, view: str, msg, compressed: bool) -> None:
-        self._inputs.put(view, (msg, compressed), stamp_to_seconds(msg.header.stamp), self._now())
+        self._inputs.put(view, (msg, compressed), stamp_to_seconds(msg.header.stamp), self._now(), msg.header.stamp)
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
@@ -253,7 +253,8 @@ class PolicyNode(Node):
         gripper = optional_joint_position(msg, self.robot.gripper_joint)
         if gripper is not None:
             self._gripper_position = gripper
-        self._inputs.put("joint_states", positions, stamp_to_seconds(msg.header.stamp), self._now())
+        self._inputs.put("joint_states", positions, stamp_to_seconds(msg.header.stamp), self._now(),
+                         msg.header.stamp)
 
     def _on_instruction(self, msg: String) -> None:
         try:
@@ -341,7 +342,10 @@ class PolicyNode(Node):
                 stamp=max(item.stamp for item in snapshot.values()),
             )
             result = self.runner.step(observation, settings)
-            self._publish_step(result, images, settings, motion_enabled)
+            # The newest input's own stamp, unchanged, so a replay finds exactly these inputs.
+            newest = max(snapshot.values(), key=lambda item: item.stamp)
+            stamp = newest.source_stamp or rclpy.time.Time(seconds=result.stamp).to_msg()
+            self._publish_step(result, images, settings, motion_enabled, stamp)
         except Exception as error:  # noqa: BLE001 - a failed step must never take the node down
             if isinstance(error, ImageConversionError):
                 message = f"holding: bad input: {error}"
@@ -353,8 +357,7 @@ class PolicyNode(Node):
             self._set_status(ERROR, message)
             self._log("error", "step", message)
 
-    def _publish_step(self, result: StepResult, images: dict, settings, motion_enabled: bool) -> None:
-        stamp = rclpy.time.Time(seconds=result.stamp).to_msg()
+    def _publish_step(self, result: StepResult, images: dict, settings, motion_enabled: bool, stamp) -> None:
         if motion_enabled and self._motion_enabled:
             self._publish_commands(result)
         self._publish_mask(result, stamp)
