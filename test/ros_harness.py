@@ -60,3 +60,55 @@ def wait_for(predicate, timeout: float, interval: float = 0.02, message="conditi
         time.sleep(interval)
     text = message() if callable(message) else message
     raise AssertionError(f"timed out after {timeout} s waiting for {text}")
+
+
+class Probe:
+    """A test node that records what it receives (with receive times) and calls one node's
+    parameter services the way `ros2 param get/set` does."""
+
+    def __init__(self, harness: RosHarness, name: str, target: str):
+        from rcl_interfaces.srv import GetParameters, SetParameters
+
+        self.node = harness.node(name)
+        self.lock = threading.Lock()
+        self._get = self.node.create_client(GetParameters, f"/{target}/get_parameters")
+        self._set = self.node.create_client(SetParameters, f"/{target}/set_parameters")
+
+    def record(self, msg_type, topic: str, depth: int = 100) -> list:
+        """A list that fills with (receive time, message) pairs."""
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        store: list = []
+
+        def callback(msg):
+            with self.lock:
+                store.append((time.monotonic(), msg))
+
+        self.node.create_subscription(msg_type, topic, callback,
+                                      QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE))
+        return store
+
+    def after(self, store: list, since: float) -> list:
+        with self.lock:
+            return [msg for t, msg in store if t >= since]
+
+    def _call(self, client, request, timeout: float = 10.0):
+        assert client.wait_for_service(timeout_sec=timeout), f"{client.srv_name} is not available"
+        future = client.call_async(request)
+        wait_for(future.done, timeout, message=f"{client.srv_name} to answer (is the node alive?)")
+        return future.result()
+
+    def get_parameter(self, name: str):
+        from rcl_interfaces.srv import GetParameters
+        from rclpy.parameter import parameter_value_to_python
+
+        value = self._call(self._get, GetParameters.Request(names=[name])).values[0]
+        return parameter_value_to_python(value)
+
+    def set_parameter(self, name: str, value):
+        """The SetParametersResult of setting one parameter."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        return self._call(self._set, request).results[0]

@@ -1,18 +1,15 @@
 """The whole hardware-free system in one process over real rclpy: simulated xArm6 + cameras +
 the policy node on the tiny checkpoint (issue 5's "must show")."""
-import threading
 import time
 
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
-from ros_harness import RosHarness, wait_for
+from ros_harness import Probe, RosHarness, wait_for
 from vla_pruner_ros.control.robot_config import load_robot_config
 from vla_pruner_ros.msg import PrunerStats, RetainedTokenMask
 
@@ -20,50 +17,17 @@ ROBOT = load_robot_config()
 MAX_INPUT_AGE = 0.6
 
 
-class Probe:
+class SystemProbe(Probe):
     """Records what the system publishes, with receive times."""
 
     def __init__(self, harness):
-        self.node = harness.node("test_probe")
-        self.lock = threading.Lock()
-        self.trajectories, self.masks, self.stats, self.diagnostics, self.joint_states = [], [], [], [], []
-        self.overlays = []
-        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        self.node.create_subscription(JointTrajectory, ROBOT.trajectory_topic, self._keep(self.trajectories), reliable)
-        self.node.create_subscription(RetainedTokenMask, "/vla_pruner_policy/retained_tokens", self._keep(self.masks), reliable)
-        self.node.create_subscription(PrunerStats, "/vla_pruner_policy/stats", self._keep(self.stats), reliable)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._keep(self.diagnostics), reliable)
-        self.node.create_subscription(JointState, "/joint_states", self._keep(self.joint_states), reliable)
-        self.node.create_subscription(Image, "/vla_pruner_policy/overlay/fixed", self._keep(self.overlays), reliable)
-        self.set_client = self.node.create_client(SetParameters, "/vla_pruner_policy/set_parameters")
-        self.get_client = self.node.create_client(GetParameters, "/vla_pruner_policy/get_parameters")
-
-    def _keep(self, store):
-        def callback(msg):
-            with self.lock:
-                store.append((time.monotonic(), msg))
-        return callback
-
-    def after(self, store, since):
-        with self.lock:
-            return [msg for t, msg in store if t >= since]
-
-    def _call(self, client, request, timeout=10.0):
-        assert client.wait_for_service(timeout_sec=timeout), "parameter service not available"
-        future = client.call_async(request)
-        wait_for(future.done, timeout, message=f"{client.srv_name} response")
-        return future.result()
-
-    def set_parameters(self, **values):
-        request = SetParameters.Request()
-        request.parameters = [Parameter(name.replace("__", "."), value=value).to_parameter_msg()
-                              for name, value in values.items()]
-        return self._call(self.set_client, request).results
-
-    def get_parameter(self, name):
-        request = GetParameters.Request(names=[name])
-        value = self._call(self.get_client, request).values[0]
-        return Parameter.from_parameter_msg(type("P", (), {"name": name, "value": value})()).value
+        super().__init__(harness, "test_probe", "vla_pruner_policy")
+        self.trajectories = self.record(JointTrajectory, ROBOT.trajectory_topic)
+        self.masks = self.record(RetainedTokenMask, "/vla_pruner_policy/retained_tokens")
+        self.stats = self.record(PrunerStats, "/vla_pruner_policy/stats")
+        self.diagnostics = self.record(DiagnosticArray, "/diagnostics")
+        self.joint_states = self.record(JointState, "/joint_states")
+        self.overlays = self.record(Image, "/vla_pruner_policy/overlay/fixed")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +39,7 @@ def system(tiny_checkpoint):
 
     policy = load_policy(tiny_checkpoint)
     harness = RosHarness()
-    probe = Probe(harness)
+    probe = SystemProbe(harness)
     arm = harness.add(SimXArm6Node(context=harness.context))
     cameras = harness.add(SimCamerasNode(context=harness.context, parameter_overrides=[
         Parameter("rate", value=15.0)]))
@@ -121,8 +85,8 @@ def test_trajectories_arrive_within_limits_and_the_arm_moves(system):
 
 def test_keep_ratio_change_applies_to_the_next_steps(system):
     harness, probe, node, arm, cameras = system
-    results = probe.set_parameters(prune__keep_ratio=0.125)
-    assert results[0].successful, results[0].reason
+    result = probe.set_parameter("prune.keep_ratio", 0.125)
+    assert result.successful, result.reason
     since = time.monotonic()
     mask = wait_for(lambda: next((m for m in probe.after(probe.masks, since)
                                   if not m.warmup and len(m.kept_indices) == 64), None),
@@ -143,7 +107,7 @@ def test_keep_ratio_change_applies_to_the_next_steps(system):
 def test_invalid_parameters_are_rejected_and_the_old_value_holds(system, name, value):
     harness, probe, node, arm, cameras = system
     before = probe.get_parameter(name)
-    result = probe.set_parameters(**{name.replace(".", "__"): value})[0]
+    result = probe.set_parameter(name, value)
     assert not result.successful and result.reason
     assert probe.get_parameter(name) == before
 

@@ -10,14 +10,13 @@ import time
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
-from ros_harness import RosHarness, wait_for
+from ros_harness import Probe, RosHarness, wait_for
 from vla_pruner_ros.control.images import rgb_to_image_fields
 from vla_pruner_ros.control.params import PARAMETERS
 from vla_pruner_ros.control.robot_config import load_robot_config
@@ -107,17 +106,14 @@ class System:
 
         self.policy = FaultyPolicy(load_policy(checkpoint))
         self.harness = RosHarness()
-        self.probe = self.harness.node(f"probe_{name}")
-        self.lock = threading.Lock()
-        self.trajectories, self.diagnostics, self.masks = [], [], []
-        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        keep = self._keep
-        self.probe.create_subscription(JointTrajectory, ROBOT.trajectory_topic, keep(self.trajectories), reliable)
-        self.probe.create_subscription(DiagnosticArray, "/diagnostics", keep(self.diagnostics), reliable)
-        self.probe.create_subscription(RetainedTokenMask, f"/{name}/retained_tokens", keep(self.masks), reliable)
-        self.instruction_pub = self.probe.create_publisher(String, "/instruction", reliable)
-        self.set_client = self.probe.create_client(SetParameters, f"/{name}/set_parameters")
-        self.get_client = self.probe.create_client(GetParameters, f"/{name}/get_parameters")
+        self.recorder = Probe(self.harness, f"probe_{name}", name)
+        self.probe, self.lock, self.after = self.recorder.node, self.recorder.lock, self.recorder.after
+        self.get, self.set = self.recorder.get_parameter, self.recorder.set_parameter
+        self.trajectories = self.recorder.record(JointTrajectory, ROBOT.trajectory_topic)
+        self.diagnostics = self.recorder.record(DiagnosticArray, "/diagnostics")
+        self.masks = self.recorder.record(RetainedTokenMask, f"/{name}/retained_tokens")
+        self.instruction_pub = self.probe.create_publisher(
+            String, "/instruction", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         suffix = "/compressed" if image_transport == "compressed" else ""
         good_image = None
         if image_transport == "compressed":
@@ -136,30 +132,6 @@ class System:
             Parameter("actions_per_step", value=2),
         ]))
         self.name = name
-
-    def _keep(self, store):
-        def callback(msg):
-            with self.lock:
-                store.append((time.monotonic(), msg))
-        return callback
-
-    def after(self, store, since):
-        with self.lock:
-            return [msg for t, msg in store if t >= since]
-
-    def _call(self, client, request):
-        assert client.wait_for_service(timeout_sec=10)
-        future = client.call_async(request)
-        wait_for(future.done, 10.0, message=f"{client.srv_name} to answer (is the node alive?)")
-        return future.result()
-
-    def get(self, name):
-        value = self._call(self.get_client, GetParameters.Request(names=[name])).values[0]
-        return Parameter.from_parameter_msg(type("P", (), {"name": name, "value": value})()).value
-
-    def set(self, name, value):
-        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
-        return self._call(self.set_client, request).results[0]
 
     def wait_diagnostic(self, since, fragment, level=DiagnosticStatus.ERROR, timeout=10.0):
         def found():
