@@ -287,3 +287,20 @@ def test_overlay_dims_pruned_patches_only():
     assert (overlay[0, 0:16] != 200).any()  # kept patch outlined
     untouched = draw_retained_tokens(frame, 2, 2, kept_local=None)
     assert np.array_equal(untouched, frame)
+
+
+def test_node_image_converter_agrees_with_ours():
+    from sensor_msgs.msg import Image
+
+    from vla_pruner_ros.control.images import make_image_converter
+
+    convert = make_image_converter()
+    rgb = np.random.default_rng(3).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    for encoding, pixels in (("rgb8", rgb), ("bgr8", rgb[:, :, ::-1])):
+        fields = rgb_to_image_fields(np.ascontiguousarray(pixels))
+        fields["encoding"] = encoding
+        assert np.array_equal(convert(Image(**fields)), rgb)
+    try:
+        import cv_bridge  # noqa: F401
+    except ImportError:
+        assert convert is image_to_rgb  # no cv_bridge here: our converter

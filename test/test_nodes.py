@@ -131,3 +131,28 @@ def test_stale_camera_holds_the_arm_and_resumes(system):
     resumed = time.monotonic()
     wait_for(lambda: any(m.points for m in probe.after(probe.trajectories, resumed)), 30.0,
              message=lambda: f"commands after the camera came back (policy status: {node.status})")
+
+
+def test_sigint_stops_a_running_node_cleanly(tiny_checkpoint):
+    """Ctrl-C: exit code 0, no traceback, the worker joined (the process ends)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vla_pruner_ros.nodes.policy_node", "--ros-args",
+         "-p", f"checkpoint:={tiny_checkpoint}", "-p", "instruction:='move the gripper above the red cube'"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if "ready:" in line or not line:
+            break
+    assert any("ready:" in line for line in lines), "".join(lines)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, "".join(lines) + output
+    assert "Traceback" not in "".join(lines) + output

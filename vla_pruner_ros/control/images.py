@@ -80,3 +80,22 @@ def rgb_to_image_fields(rgb: np.ndarray) -> dict:
     height, width, _ = rgb.shape
     return {"height": height, "width": width, "encoding": "rgb8", "is_bigendian": 0,
             "step": width * 3, "data": rgb.tobytes()}
+
+
+def make_image_converter():
+    """The node's ``sensor_msgs/Image`` -> RGB function: cv_bridge where it is importable (a full
+    ROS install; it knows more encodings), our converter otherwise. For anything cv_bridge cannot
+    convert, our converter runs and raises its clear error (or handles it)."""
+    try:
+        from cv_bridge import CvBridge
+    except ImportError:
+        return image_to_rgb
+    bridge = CvBridge()
+
+    def convert(msg) -> np.ndarray:
+        try:
+            return np.ascontiguousarray(bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
+        except Exception:  # noqa: BLE001 - cv_bridge raises several types; ours says what is wrong
+            return image_to_rgb(msg)
+
+    return convert

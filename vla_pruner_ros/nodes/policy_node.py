@@ -30,7 +30,12 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from vla_pruner_ros.control.images import ImageConversionError, compressed_to_rgb, image_to_rgb, rgb_to_image_fields
+from vla_pruner_ros.control.images import (
+    ImageConversionError,
+    compressed_to_rgb,
+    make_image_converter,
+    rgb_to_image_fields,
+)
 from vla_pruner_ros.control.inputs import (
     InputBuffer,
     clean_instruction,
@@ -97,6 +102,7 @@ class PolicyNode(Node):
         self.add_post_set_parameters_callback(self._apply_parameters)
 
         self._inputs = InputBuffer(required=(*VIEWS, "joint_states"))
+        self._image_to_rgb = make_image_converter()  # cv_bridge when installed
         self._gripper_position = 0.0
         self._input_errors: dict[str, str] = {}
         self._motion_enabled = bool(param("autostart").value)
@@ -329,7 +335,7 @@ class PolicyNode(Node):
             for view in VIEWS:
                 msg, compressed = snapshot[view].value
                 try:
-                    images[view] = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
+                    images[view] = compressed_to_rgb(msg) if compressed else self._image_to_rgb(msg)
                 except ImageConversionError as error:
                     raise ImageConversionError(f"{view} camera: {error}") from None
             self._input_errors.pop("fixed camera", None)
