@@ -10,9 +10,11 @@ No ROS imports: the node wraps ``Policy``.
 from .checkpoint import (
     PRESETS,
     CheckpointPreset,
+    build_model,
     inspect_checkpoint,
     load_checkpoint,
     make_checkpoint,
+    save_checkpoint,
     verify_against_preset,
 )
 from .configuration_oft import LlamaTextConfig, OFTConfig
@@ -27,10 +29,12 @@ __all__ = [
     "OFTForActionPrediction",
     "Policy",
     "PolicyOutput",
+    "build_model",
     "inspect_checkpoint",
     "llm_flops",
     "load_checkpoint",
     "load_policy",
     "make_checkpoint",
+    "save_checkpoint",
     "verify_against_preset",
 ]

@@ -101,11 +101,11 @@ PRESETS: dict[str, CheckpointPreset] = {
     "xarm6-sim": CheckpointPreset(
         name="xarm6-sim",
         description="the simulated xArm6 reach policy (train-sim): 2x64 visual tokens (112 px), towers 3 layers "
-                    "of width 96, LLM 6 layers of width 128 with tied embeddings (no stored token head)",
+                    "of width 96, LLM 6 layers of width 96 with tied embeddings (no stored token head)",
         image_size=112,
         timm_overrides=({"embed_dim": 96, "depth": 3, "num_heads": 2},
                         {"embed_dim": 96, "depth": 3, "num_heads": 2}),
-        text_config={"hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 6,
+        text_config={"hidden_size": 96, "intermediate_size": 256, "num_hidden_layers": 6,
                      "num_attention_heads": 4, "tie_word_embeddings": True},
         tokenizer_pieces=32000,
     ),

@@ -31,7 +31,11 @@ from .configuration_oft import LlamaTextConfig
 from .timing import StageTimer
 
 ATTENTION_IMPLEMENTATION = "vla_pruner_sdpa"
-SCORE_ROW_CHUNK = 256  # query rows per chunk when computing side scores (bounds memory)
+# Query rows per chunk when computing side scores. A 64-row chunk's logits (8 heads x ~600 keys,
+# ~1 MB) stay in cache between the matmul, softmax and sum passes; 256-row chunks made the capture
+# about 2x slower on CPU.
+SCORE_ROW_CHUNK = 64
+SCORE_CAPTURE_EVENT = "vla_pruner::score_capture"  # profiler range around the side-score computation
 
 
 def rows_keeping(layout: SequenceLayout, kept_visual: torch.Tensor) -> torch.Tensor:
@@ -49,19 +53,38 @@ def readout_rows(layout: SequenceLayout) -> torch.Tensor:
     return torch.arange(layout.length)[layout.action_rows]
 
 
+def current_rows(layout: SequenceLayout, rows: torch.Tensor, num_visual_now: int) -> slice | torch.Tensor:
+    """Where the ORIGINAL rows ``rows`` (ascending, on the CPU) sit once only ``num_visual_now``
+    visual tokens remain, computed on the host: dropping visual tokens moves every later row up by
+    the number dropped. Consecutive rows come back as a slice, so reading them takes views, not
+    gathers, and no index ever has to be read back from an accelerator (a host sync per layer).
+    """
+    dropped = layout.num_visual - num_visual_now
+    if dropped:
+        visual = layout.visual
+        if bool(((rows >= visual.start) & (rows < visual.stop)).any()):
+            raise RuntimeError(f"rows include visual rows, and {dropped} of the visual rows were dropped")
+        rows = torch.where(rows >= visual.stop, rows - dropped, rows)
+    first, last = int(rows[0]), int(rows[-1])
+    return slice(first, last + 1) if last - first + 1 == len(rows) else rows
+
+
 @dataclass
 class ScoreRequest:
     """Scores one layer must compute: {name: query rows (current indices)} x the visual columns."""
 
-    groups: dict[str, torch.Tensor]
+    groups: dict[str, slice | torch.Tensor]
     visual_slice: slice
     causal: bool = False
     scores: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def compute(self, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
-        for name, rows in self.groups.items():
-            self.scores[name] = visual_attention_scores(
-                query, key, self.visual_slice, rows, scale=scaling, causal=self.causal, chunk_rows=SCORE_ROW_CHUNK)
+        # Named range for torch.profiler (the benchmark reports the capture cost from it).
+        with torch.profiler.record_function(SCORE_CAPTURE_EVENT):
+            for name, rows in self.groups.items():
+                self.scores[name] = visual_attention_scores(
+                    query, key, self.visual_slice, rows, scale=scaling, causal=self.causal,
+                    chunk_rows=SCORE_ROW_CHUNK)
 
 
 def sdpa_with_side_scores(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -127,6 +150,19 @@ class LlamaBackbone(nn.Module):
     def num_layers(self) -> int:
         return len(self.layers)
 
+    def forward_batch(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Every layer on a batch (B, S, D) of equally laid-out sequences, no pruning, no scores;
+        differentiable (training). Same positions and bidirectional attention as ``forward``.
+        Returns the hidden states after the final norm, (B, S, D)."""
+        if inputs_embeds.ndim != 3:
+            raise ValueError(f"inputs_embeds: expected (B, S, D), got {tuple(inputs_embeds.shape)}")
+        positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
+        cos, sin = self.rotary_emb(inputs_embeds, positions[None])
+        hidden = inputs_embeds
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), is_causal=False)
+        return self.norm(hidden)
+
     def forward(
         self,
         inputs_embeds: torch.Tensor,
@@ -168,27 +204,31 @@ class LlamaBackbone(nn.Module):
         device = inputs_embeds.device
         full_positions = torch.arange(layout.length, device=device)
         cos, sin = self.rotary_emb(inputs_embeds, full_positions[None])
-        state = _LoopState(hidden=inputs_embeds, cos=cos, sin=sin, rows=full_positions,
-                           full_length=layout.length, num_visual=num_visual)
+        state = _LoopState(hidden=inputs_embeds, cos=cos, sin=sin, rows=full_positions, num_visual=num_visual)
         prefill_sum = {g: torch.zeros(num_visual, device=device) for g in prefill_groups}
         action_sum = torch.zeros(num_visual, device=device)
         action_count = torch.zeros(num_visual, device=device)
         layer_rows: list[int] = []
+        # Current rows of each query group; they only change when tokens are dropped, so they are
+        # worked out once per stretch of layers instead of once per layer.
+        query_row_cache: dict[str, slice | torch.Tensor] = {}
+
+        def query_rows(group: str, index: int) -> slice | torch.Tensor:
+            if group not in query_row_cache:
+                try:
+                    query_row_cache[group] = current_rows(layout, layout.rows(group), state.num_visual)
+                except RuntimeError as error:
+                    raise RuntimeError(f"layer {index}: score query group {group!r}: {error}") from None
+            return query_row_cache[group]
 
         def run_layers(first: int, last: int) -> None:
             for index in range(first, last):
                 groups = {}
                 if index in score_layers:  # always before pruning: original row indices
-                    groups.update({g: layout.rows(g) for g in prefill_groups})
+                    groups.update({g: query_rows(g, index) for g in prefill_groups})
                 if index in action_layers:
-                    groups[_ACTION_KEY] = layout.rows("action")
-                request = None
-                if groups:
-                    current = state.current_index()
-                    query_rows = {g: current[rows.to(device)] for g, rows in groups.items()}
-                    if any(bool((rows < 0).any()) for rows in query_rows.values()):
-                        raise RuntimeError(f"layer {index}: a score query row was pruned")
-                    request = ScoreRequest(query_rows, slice(1, 1 + state.num_visual), causal)
+                    groups[_ACTION_KEY] = query_rows("action", index)
+                request = ScoreRequest(groups, slice(1, 1 + state.num_visual), causal) if groups else None
                 state.hidden = self.layers[index](
                     state.hidden,
                     attention_mask=None,
@@ -212,9 +252,9 @@ class LlamaBackbone(nn.Module):
                     if index in score_layers:
                         prefill_sum[g] += request.scores[g]
                 if _ACTION_KEY in request.scores:
-                    present = state.visual_present()
-                    action_sum[present] += request.scores[_ACTION_KEY]
-                    action_count[present] += 1
+                    present = state.visual_present()  # unique indices: index_add_ adds each once
+                    action_sum.index_add_(0, present, request.scores[_ACTION_KEY])
+                    action_count.index_add_(0, present, torch.ones_like(request.scores[_ACTION_KEY]))
 
         kept = None
         prefill_scores: dict[str, torch.Tensor] = {}
@@ -226,6 +266,7 @@ class LlamaBackbone(nn.Module):
                 features = inputs_embeds[0, layout.visual]
                 kept = _check_kept(prune.select(features, prefill_scores), num_visual).to(device)
                 state.keep(rows_keeping(layout, kept).to(device), num_visual=len(kept))
+                query_row_cache.clear()
             with timer.stage("llm_suffix"):
                 run_layers(prune_layer, num_layers)
         hidden = self.norm(state.hidden)
@@ -234,7 +275,7 @@ class LlamaBackbone(nn.Module):
         if action_layers:
             action_observed = action_count == len(action_layers)
             action_scores = action_sum / action_count.clamp(min=1)
-        readout_index = state.current_index()[readout_rows(layout).to(device)]
+        readout_index = current_rows(layout, readout_rows(layout), state.num_visual)
         return DecoderOutput(
             last_hidden_state=hidden,
             positions=state.rows,
@@ -256,14 +297,7 @@ class _LoopState:
     cos: torch.Tensor
     sin: torch.Tensor
     rows: torch.Tensor  # ORIGINAL row index (= rotary position) of each current row
-    full_length: int  # rows before any pruning
     num_visual: int  # visual rows currently in the sequence
-
-    def current_index(self) -> torch.Tensor:
-        """Map original row -> current row (-1 when pruned)."""
-        index = torch.full((self.full_length,), -1, dtype=torch.long, device=self.rows.device)
-        index[self.rows] = torch.arange(len(self.rows), device=self.rows.device)
-        return index
 
     def visual_present(self) -> torch.Tensor:
         """Original visual indices (0-based over M) still in the sequence, in order."""

@@ -25,7 +25,7 @@ from torch import nn
 from ..pruning.scores import SequenceLayout
 from .configuration_oft import OFTConfig
 from .modeling_heads import L1RegressionActionHead, ProprioProjector
-from .modeling_llama import DecoderOutput, OFTLanguageModel, PruneRequest
+from .modeling_llama import DecoderOutput, OFTLanguageModel, PruneRequest, readout_rows
 from .modeling_projector import FusedMLPProjector
 from .modeling_vision import FusedVisionBackbone
 from .timing import StageTimer
@@ -95,6 +95,44 @@ class OFTForActionPrediction(nn.Module):
                                 num_action=self.num_action_tokens,
                                 has_proprio=self.proprio_projector is not None)
         return torch.cat(parts, dim=1), layout
+
+    def forward_batch(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, stop_token_id: int,
+                      proprio: torch.Tensor | None = None,
+                      return_readout: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Batched, differentiable, unpruned step for training: the sequence of ``forward`` for each
+        sample, run as one batch.
+
+        pixel_values: (B, num_views, 6, H, W); input_ids: (B, 1 + P), every row <s> + prompt ending
+        in "▁" (equal P across the batch: no padding, so positions match inference exactly);
+        proprio: (B, proprio_dim) normalised. Returns normalised actions (B, chunk, action_dim), and
+        with ``return_readout`` also the hidden states the head read (B, chunk * action_dim, D).
+        """
+        if pixel_values.ndim != 5:
+            raise ValueError(f"pixel_values: expected (B, num_views, 6, H, W), got {tuple(pixel_values.shape)}")
+        batch = pixel_values.shape[0]
+        if input_ids.ndim != 2 or input_ids.shape[0] != batch or input_ids.shape[1] < 2:
+            raise ValueError(f"input_ids: expected ({batch}, 1 + P) with BOS first, got {tuple(input_ids.shape)}")
+        # The backbone treats all views of all samples as one batch of images (view-major per sample).
+        patches = self.vision_backbone(pixel_values.flatten(0, 1)).reshape(batch, -1, self.vision_backbone.embed_dim)
+        visual = self.projector(patches)
+        token_embeds = self.decoder.embed_tokens(input_ids)
+        parts = [token_embeds[:, :1], visual]
+        if self.proprio_projector is not None:
+            if proprio is None or proprio.shape != (batch, self.proprio_dim):
+                got = None if proprio is None else tuple(proprio.shape)
+                raise ValueError(f"proprio: expected shape ({batch}, {self.proprio_dim}), got {got}")
+            parts.append(self.proprio_projector(proprio.to(visual.dtype))[:, None])
+        parts.append(token_embeds[:, 1:])
+        parts.append(visual.new_zeros(batch, self.num_action_tokens, visual.shape[-1]))
+        stop = torch.full((batch, 1), stop_token_id, dtype=input_ids.dtype, device=input_ids.device)
+        parts.append(self.decoder.embed_tokens(stop))
+        inputs_embeds = torch.cat(parts, dim=1)
+        layout = SequenceLayout(num_visual=visual.shape[1], num_prompt=input_ids.shape[1] - 1,
+                                num_action=self.num_action_tokens, has_proprio=self.proprio_projector is not None)
+        hidden = self.decoder.forward_batch(inputs_embeds)
+        readout = hidden[:, readout_rows(layout).to(hidden.device)]
+        actions = self.action_head(readout).float()
+        return (actions, readout) if return_readout else actions
 
     def forward(
         self,

@@ -11,6 +11,7 @@ No ROS here: the node wraps this class.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import time
@@ -171,6 +172,16 @@ class Policy:
         else:
             self._pruner = make_pruner(config)
         self.pruner_config = config
+
+    def fork(self, pruner: PrunerConfig | None = None) -> "Policy":
+        """A second policy on the same model weights, tokenizer and settings, with its own pruner
+        state: several pruning configurations can then be stepped side by side on one model (the
+        benchmark) without ``set_pruner`` resetting a shared history."""
+        twin = copy.copy(self)  # shallow: the model and processors are shared, not duplicated
+        twin.pruner_config, twin._pruner, twin._pending, twin._instruction = None, None, None, None
+        if pruner is not None:
+            twin.set_pruner(pruner)
+        return twin
 
     def reset(self) -> None:
         """New episode: forget the pruner's action-attention history (warm-up starts again)."""

@@ -110,6 +110,22 @@ def _row_index(query_rows: RowsLike, num_rows: int, device) -> torch.Tensor:
     return rows.to(device=device, dtype=torch.long)
 
 
+def _row_chunks(query_rows: RowsLike, num_rows: int, device, chunk_rows: int) -> tuple[list, int]:
+    """The query rows as chunks of at most `chunk_rows`, and how many rows there are in all.
+
+    A contiguous slice (step 1) stays a slice: its chunks are views of the query, and checking it
+    needs no device read, so a caller on an accelerator does not stall on a host sync. Anything else
+    becomes a validated index tensor, split into index chunks.
+    """
+    if isinstance(query_rows, slice) and query_rows.step in (None, 1):
+        start, stop, _ = query_rows.indices(num_rows)
+        if stop <= start:
+            raise ValueError(f"query_rows must select a non-empty 1-D set of integer row indices, got {query_rows!r}")
+        return [slice(low, min(low + chunk_rows, stop)) for low in range(start, stop, chunk_rows)], stop - start
+    rows = _row_index(query_rows, num_rows, device)
+    return list(rows.split(chunk_rows)), rows.numel()
+
+
 def _check_visual_slice(visual_slice: slice, num_keys: int) -> None:
     if not isinstance(visual_slice, slice) or visual_slice.step not in (None, 1):
         raise ValueError(f"visual_slice={visual_slice!r} is invalid: expected a contiguous slice(start, stop)")
@@ -187,20 +203,21 @@ def visual_attention_scores(
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows={chunk_rows!r} is invalid: expected an int >= 1")
     _check_visual_slice(visual_slice, num_keys)
-    rows = _row_index(query_rows, num_queries, query.device)
+    chunks, num_rows = _row_chunks(query_rows, num_queries, query.device, chunk_rows)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
 
     group_size = num_heads // num_kv_heads
     # heads h = kv * group_size + g share key head kv (the layout of repeat_kv / repeat_interleave)
     key_t = key.float().transpose(-1, -2).unsqueeze(1)  # (kv, 1, head_dim, S_k)
-    key_positions = torch.arange(num_keys, device=query.device)
     total = None
-    for chunk in rows.split(chunk_rows):
-        grouped_query = query[:, chunk].float().view(num_kv_heads, group_size, chunk.numel(), head_dim)
+    for chunk in chunks:
+        chunk_query = query[:, chunk].float()  # a view when the chunk is a slice
+        grouped_query = chunk_query.reshape(num_kv_heads, group_size, chunk_query.shape[1], head_dim)
         logits = (grouped_query @ key_t) * scale  # (kv, group, rows, S_k)
         if causal:
-            future = key_positions[None, :] > chunk[:, None]
+            positions = torch.arange(num_queries, device=query.device)[chunk]
+            future = torch.arange(num_keys, device=query.device)[None, :] > positions[:, None]
             logits = logits.masked_fill(future, float("-inf"))
         part = logits.softmax(dim=-1)[..., visual_slice].sum(dim=(0, 1, 2))
         total = part if total is None else total + part
-    return total / (num_heads * rows.numel())
+    return total / (num_heads * num_rows)
