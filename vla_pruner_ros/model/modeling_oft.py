@@ -98,14 +98,16 @@ class OFTForActionPrediction(nn.Module):
 
     def forward_batch(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, stop_token_id: int,
                       proprio: torch.Tensor | None = None,
-                      return_readout: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                      return_details: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
         """Batched, differentiable, unpruned step for training: the sequence of ``forward`` for each
         sample, run as one batch.
 
         pixel_values: (B, num_views, 6, H, W); input_ids: (B, 1 + P), every row <s> + prompt ending
         in "▁" (equal P across the batch: no padding, so positions match inference exactly);
-        proprio: (B, proprio_dim) normalised. Returns normalised actions (B, chunk, action_dim), and
-        with ``return_readout`` also the hidden states the head read (B, chunk * action_dim, D).
+        proprio: (B, proprio_dim) normalised. Returns normalised actions (B, chunk, action_dim); with
+        ``return_details`` a dict of them ("actions") and, for training-time probes, "visual" (B, M, D)
+        projector outputs, "visual_hidden" (B, M, D) final-norm hidden states of the visual rows and
+        "readout" (B, chunk * action_dim, D) the rows the head read.
         """
         if pixel_values.ndim != 5:
             raise ValueError(f"pixel_values: expected (B, num_views, 6, H, W), got {tuple(pixel_values.shape)}")
@@ -132,7 +134,9 @@ class OFTForActionPrediction(nn.Module):
         hidden = self.decoder.forward_batch(inputs_embeds)
         readout = hidden[:, readout_rows(layout).to(hidden.device)]
         actions = self.action_head(readout).float()
-        return (actions, readout) if return_readout else actions
+        if not return_details:
+            return actions
+        return {"actions": actions, "visual": visual, "visual_hidden": hidden[:, layout.visual], "readout": readout}
 
     def forward(
         self,

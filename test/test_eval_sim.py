@@ -1,0 +1,174 @@
+"""The shipped sim policy and the closed-loop evaluation (eval-sim)."""
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from vla_pruner_ros.control.launch_logic import default_checkpoint
+from vla_pruner_ros.control.robot_config import load_robot_config
+from vla_pruner_ros.model import inspect_checkpoint, load_policy
+from vla_pruner_ros.pruning import PrunerConfig
+from vla_pruner_ros.sim import SimEnv
+from vla_pruner_ros.tools import eval_sim
+from vla_pruner_ros.training.evaluate import EvalConfig, evaluate, format_table, run_episode, wilson_interval, \
+    write_results
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "xarm6_sim_reach"
+
+
+@pytest.fixture(scope="module")
+def shipped_policy():
+    return load_policy(SHIPPED, device="cpu")
+
+
+def test_shipped_checkpoint_is_the_demo_default_and_small():
+    assert Path(default_checkpoint()) == SHIPPED
+    info = inspect_checkpoint(SHIPPED)
+    assert info.sidecar["preset"] == "xarm6-sim"
+    assert info.config.image_size == 112 and info.config.patches_per_view == 64
+    assert info.config.text_config.num_hidden_layers == 6 and info.chunk_length == 8
+    assert (info.action_dim, info.proprio_dim) == (7, 7)
+    size_mb = sum(f.stat().st_size for f in SHIPPED.iterdir()) / 1e6
+    assert size_mb < 20
+
+
+def _distance_to(env: SimEnv, colour: str) -> float:
+    cube = env.episode.scene.cube(colour)
+    return float(np.linalg.norm(env.tcp_position()[:2] - cube.position[:2]))
+
+
+def test_shipped_policy_runs_closed_loop_and_heads_for_the_named_cube(shipped_policy):
+    """A few closed-loop steps from the same start: the TCP ends nearest the cube the instruction
+    names, for each of the three colours (so the instruction, not the scene, sets the target)."""
+    robot = load_robot_config()
+    env = SimEnv(seed=0, image_size=(224, 224))
+    scene_seed = 12345  # not a training scene (those start at 100000)
+    for target in ("red", "green", "blue"):
+        obs = env.reset(seed=scene_seed, target=target)
+        shipped_policy.reset()
+        start = {c.colour: _distance_to(env, c.colour) for c in env.episode.scene.cubes}
+        for _ in range(3):  # 3 policy steps x 4 actions = 1.2 s of motion
+            out = shipped_policy.predict(images=obs["images"], proprio=obs["proprio"],
+                                         instruction=obs["instruction"])
+            assert out.actions.shape == (8, 7) and np.isfinite(out.actions).all()
+            for action in out.actions[:4]:
+                safe = np.clip(action[:6], robot.lower, robot.upper)
+                obs, _, done, _ = env.step(np.concatenate([safe, [np.clip(action[6], 0, 1)]]))
+                if done:
+                    break
+            if done:
+                break
+        end = {colour: _distance_to(env, colour) for colour in start}
+        assert min(end, key=end.get) == target, (target, start, end)
+        assert end[target] < 0.6 * start[target], (target, start, end)
+
+
+def test_shipped_policy_runs_pruned(shipped_policy):
+    env = SimEnv(seed=0, image_size=(224, 224))
+    obs = env.reset(seed=5)
+    shipped_policy.set_pruner(PrunerConfig(method="vla_pruner", keep_ratio=0.125, window=1))
+    try:
+        shipped_policy.reset()
+        outputs = [shipped_policy.predict(obs["images"], obs["proprio"], obs["instruction"]) for _ in range(3)]
+    finally:
+        shipped_policy.set_pruner(None)
+    assert not outputs[0].pruned and outputs[1].pruned and outputs[2].pruned  # one warm-up step (w=1)
+    assert len(outputs[2].kept_indices) == 16 and np.isfinite(outputs[2].actions).all()
+
+
+def test_eval_code_path_two_episodes_two_methods(shipped_policy, tmp_path):
+    config = EvalConfig(checkpoint=str(SHIPPED), methods=("fastv", "vla_pruner"), keep_ratios=(0.25,), episodes=2,
+                        seed=3)
+    results = evaluate(config, progress=False, policy=shipped_policy)
+    rows = results["rows"]
+    assert [(r["method"], r["keep_ratio"], r["episodes"]) for r in rows] == [("fastv", 0.25, 2),
+                                                                         ("vla_pruner", 0.25, 2)]
+    assert all(r["kept_tokens"] == 32 and r["visual_tokens"] == 128 for r in rows)
+    assert results["expert"]["episodes"] == 2 and results["expert"]["success_rate"] == 1.0
+    # Identical scenes for every configuration: same seeds, same targets, in the same order.
+    per_method = {m: [(e["seed"], e["target"]) for e in results["episodes"] if e["method"] == m]
+                  for m in ("fastv", "vla_pruner")}
+    assert per_method["fastv"] == per_method["vla_pruner"] == [(3, per_method["fastv"][0][1]),
+                                                                (4, per_method["fastv"][1][1])]
+    for row in rows:
+        assert 0.0 <= row["ci95_low"] <= row["success_rate"] <= row["ci95_high"] <= 1.0
+        assert row["median_ms_per_step"] > 0
+        assert 0.0 < row["pruned_step_fraction"] <= 1.0
+    fastv = rows[0]
+    assert fastv["pruned_step_fraction"] == 1.0 and fastv["mean_flops_ratio"] < 1.0  # FastV has no warm-up
+    paths = write_results(results, tmp_path, command="vla-pruner eval-sim --episodes 2")
+    saved = json.loads(Path(paths["json"]).read_text())
+    assert saved["command"] == "vla-pruner eval-sim --episodes 2" and len(saved["episodes"]) == 4
+    with open(paths["csv"], newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["method"] for r in table] == ["expert", "fastv", "vla_pruner"]
+    assert Path(paths["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = format_table(results)
+    assert "fastv" in text and "vla_pruner" in text and "expert" in text
+
+
+class _WildPolicy:
+    """Asks for +2 rad on every joint: the evaluation must slow it down as the node does."""
+
+    num_visual_tokens, num_layers = 4, 6
+
+    def reset(self):
+        pass
+
+    def predict(self, images, proprio, instruction):
+        actions = np.tile(np.concatenate([np.asarray(proprio[:6]) + 2.0, [0.0]]), (8, 1))
+        return SimpleNamespace(actions=actions, pruned=False, timings={"total": 1.0}, flops={"ratio": 1.0})
+
+
+def test_run_episode_applies_the_node_safety_limits():
+    env = SimEnv(seed=0, image_size=(32, 32), max_steps=4)
+    robot = load_robot_config()
+    start = env.reset(seed=1)["joints"].copy()
+    result = run_episode(_WildPolicy(), env, seed=1, robot=robot, actions_per_step=4, max_joint_velocity=1.0)
+    assert result.steps == 4 and result.policy_steps == 1 and not result.success
+    moved = env.arm.joints - start
+    assert np.all(moved <= 4 * 1.0 * 0.1 + 1e-6)  # 4 points, 1 rad/s, 0.1 s apart
+    assert np.all(moved > 0.1)
+
+
+def test_wilson_interval_values():
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(45, 50) == pytest.approx((0.7864, 0.9565), abs=1e-4)
+    with pytest.raises(ValueError, match="trials"):
+        wilson_interval(0, 0)
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(11, 10)
+
+
+def test_eval_config_validation_and_configurations():
+    config = EvalConfig(checkpoint="x", methods=("none", "fastv"), keep_ratios=(0.5, 0.125))
+    assert config.configurations() == [("none", 1.0), ("fastv", 0.5), ("fastv", 0.125)]
+    assert config.pruner("none", 1.0) is None
+    assert config.pruner("fastv", 0.5) == PrunerConfig(method="fastv", keep_ratio=0.5, prune_layer=3, window=3)
+    with pytest.raises(ValueError, match="unknown"):
+        EvalConfig(checkpoint="x", methods=("fastest",))
+    with pytest.raises(ValueError, match="keep_ratios"):
+        EvalConfig(checkpoint="x", keep_ratios=(0.0,))
+    with pytest.raises(ValueError, match="episodes"):
+        EvalConfig(checkpoint="x", episodes=0)
+    with pytest.raises(ValueError, match="task"):
+        EvalConfig(checkpoint="x", task="juggle")
+
+
+def test_cli_argument_parsing(tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    eval_sim.add_arguments(parser)
+    args = parser.parse_args(["--methods", "none, vla_pruner", "--keep", "0.5,0.125", "--episodes", "3"])
+    assert args.methods == ("none", "vla_pruner") and args.keep == (0.5, 0.125) and args.episodes == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--keep", "half"])
+    args = parser.parse_args(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert eval_sim.run(args) == 2  # not a checkpoint directory
+    assert "no config.json" in capsys.readouterr().err

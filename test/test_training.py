@@ -1,0 +1,269 @@
+"""Dataset builder, batched training forward, statistics and the training loop (train-sim)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vla_pruner_ros.model import OFTForActionPrediction, load_policy, make_checkpoint
+from vla_pruner_ros.model.checkpoint import build_model, load_checkpoint
+from vla_pruner_ros.model.processing_oft import OFTImageProcessor, normalize_proprio, unnormalize_actions
+from vla_pruner_ros.sim import ScriptedExpert, SimEnv
+from vla_pruner_ros.sim.task import make_episode, success
+from vla_pruner_ros.training.dataset import (
+    DatasetConfig,
+    SimDataset,
+    bounds_statistics,
+    build_dataset,
+    normalize_bounds,
+    pixel_tensor,
+    policy_view,
+)
+from vla_pruner_ros.training.train import TrainConfig, learning_rate_at, train
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    """Two episodes of one scene (red and blue target), with DART noise and a forced detour."""
+    config = DatasetConfig(num_scenes=1, first_seed=7, targets=("red", "blue"), action_noise_max=0.02,
+                           detour_probability=1.0, detour_steps=(2, 2), hover_steps=3, retarget_probability=0.0,
+                           seed=1)
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    summary = build_dataset(config, path, progress=False)
+    return config, path, summary
+
+
+def test_dataset_shapes_and_episode_bookkeeping(small_dataset):
+    config, path, summary = small_dataset
+    data = SimDataset(path)
+    n = len(data)
+    assert summary["episodes"] == 2 and summary["samples"] == n and summary["expert_success"] == 1.0
+    for view in ("fixed", "wrist"):
+        assert data.views[view].shape == (n, 112, 112, 3) and data.views[view].dtype == np.uint8
+    assert data.proprio.shape == (n, 7) and data.chunks.shape == (n, 8, 7)
+    assert data.normalized_proprio.shape == (n, 7) and data.normalized_chunks.shape == (n, 8, 7)
+    # Every successful episode: its control steps + the hover steps, numbered 0.. in order.
+    for number, episode in enumerate(data.meta["episodes"]):
+        rows = np.flatnonzero(data.episode == number)
+        assert episode["success"] and episode["detour"] == 2
+        assert len(rows) == episode["num_steps"] + config.hover_steps
+        assert np.array_equal(data.step[rows], np.arange(len(rows)))
+        assert data.instructions[data.instruction[rows[0]]] == episode["instruction"]
+        assert episode["target"] in episode["instruction"]
+    assert {e["target"] for e in data.meta["episodes"]} == {"red", "blue"}
+
+
+def test_labels_are_the_expert_chunk_from_the_state_the_images_show(small_dataset):
+    config, path, _ = small_dataset
+    data = SimDataset(path)
+    expert = ScriptedExpert(control_period=config.control_period, max_joint_speed=config.max_joint_speed)
+    for number, episode_meta in enumerate(data.meta["episodes"]):
+        episode = make_episode(episode_meta["seed"], config.task, episode_meta["target"])
+        for row in np.flatnonzero(data.episode == number)[::5]:
+            joints, gripper = data.proprio[row, :6].astype(np.float64), float(data.proprio[row, 6])
+            expected = expert.action_chunk(episode, joints, gripper, config.chunk_length)
+            np.testing.assert_allclose(data.chunks[row], expected, atol=2e-5)
+    # DART: the executed actions were perturbed, so consecutive states do not follow the labels exactly.
+    rows = np.flatnonzero(data.episode == 0)
+    reached = data.proprio[rows[1:6], :6]
+    labelled = data.chunks[rows[0:5], 0, :6]
+    assert np.abs(reached - labelled).max() > 1e-3
+
+
+def test_retarget_episodes_start_above_another_cube(tmp_path):
+    """The demo keeps running when the instruction changes: some episodes start hovering over a
+    different cube and are recorded from there to the named one."""
+    config = DatasetConfig(num_scenes=1, first_seed=21, targets=("green",), retarget_probability=1.0,
+                           detour_probability=0.0, action_noise_max=0.0, hover_steps=0)
+    build_dataset(config, tmp_path / "rt.npz", progress=False)
+    data = SimDataset(tmp_path / "rt.npz")
+    (episode,) = data.meta["episodes"]
+    assert episode["success"] and episode["start_above"] in ("red", "blue")
+    scene = make_episode(21, "above", "green").scene
+    kinematics = ScriptedExpert().kinematics
+    first_tcp = kinematics.tcp_pose(data.proprio[0, :6].astype(np.float64))[:3, 3]
+    last_tcp = kinematics.tcp_pose(data.chunks[-1, 0, :6].astype(np.float64))[:3, 3]
+    assert success(first_tcp, scene, episode["start_above"]) and not success(first_tcp, scene, "green")
+    assert success(last_tcp, scene, "green")
+    assert len(data) == episode["num_steps"]
+
+
+def test_stored_views_give_exactly_the_policy_preprocessing():
+    """pixel_tensor on the stored (resized) uint8 views == OFTImageProcessor on the 224 px render."""
+    model = build_model("xarm6-sim")
+    processor = OFTImageProcessor(model.config)
+    env = SimEnv(seed=3, image_size=(224, 224))
+    obs = env.reset(seed=11)
+    expected = processor([(v, obs["images"][v]) for v in ("fixed", "wrist")])
+    stored = {v: policy_view(obs["images"][v], processor.size)[None] for v in ("fixed", "wrist")}
+    got = pixel_tensor(stored, processor.means, processor.stds)
+    assert got.shape == (1, 2, 6, 112, 112)
+    torch.testing.assert_close(got[0], expected, atol=1e-6, rtol=0)
+
+
+def test_patch_labels_mark_the_cubes_where_the_images_show_them(small_dataset):
+    """Probe labels (training only): each cube's top lands on a patch showing that cube's colour."""
+    _, path, _ = small_dataset
+    data = SimDataset(path)
+    assert data.patch_classes.shape == (len(data), 128) and data.patch_classes.dtype == np.int8
+    fixed = data.patch_classes[:, :64]
+    for colour in (1, 2, 3):  # the fixed camera sees all three cubes in every sample
+        assert np.all((fixed == colour).sum(1) == 1)
+    dominant = {1: 0, 2: 1, 3: 2}  # red, green, blue -> RGB channel
+    checked, shown = 0, 0
+    for row in range(0, len(data), 7):
+        for view, name in enumerate(("fixed", "wrist")):
+            labels = data.patch_classes[row, 64 * view:64 * (view + 1)].reshape(8, 8)
+            for r, c in zip(*np.nonzero(labels)):
+                patch = data.views[name][row, 14 * r:14 * r + 14, 14 * c:14 * c + 14].astype(int)
+                channel = dominant[int(labels[r, c])]
+                others = np.delete(patch, channel, axis=2).max(axis=2)
+                shown += (patch[..., channel] - others > 40).sum() >= 3
+                checked += 1
+    # The labels ignore occlusion (the fingers or the arm can hide a cube), so allow a few misses.
+    assert checked > 20 and shown >= 0.85 * checked, (shown, checked)
+    episode_targets = [1 + ["red", "green", "blue"].index(e["target"]) for e in data.meta["episodes"]]
+    assert np.array_equal(data.target_class, np.array(episode_targets)[data.episode])
+    assert np.abs(data.target_xy).max() <= 1.0
+
+
+def test_normalisation_matches_inference_and_round_trips(small_dataset):
+    _, path, _ = small_dataset
+    data = SimDataset(path)
+    stats = data.statistics
+    action, proprio = stats["action"], stats["proprio"]
+    assert action["mask"] == [True] * 6 + [False]  # gripper passes through, as in OFT
+    assert np.all(np.array(action["q01"]) <= np.array(action["q99"]))
+    assert stats["num_trajectories"] == 2 and stats["num_transitions"] == len(data)
+    # The policy's normalize_proprio gives the same training inputs.
+    for row in range(0, len(data), 9):
+        np.testing.assert_allclose(data.normalized_proprio[row],
+                                   normalize_proprio(data.proprio[row].astype(np.float64), proprio), atol=1e-6)
+    assert np.abs(data.normalized_chunks).max() <= 1.0 + 1e-6
+    # Within the q01..q99 band, un-normalising the labels gives the recorded targets back.
+    chunks = data.chunks.reshape(-1, 7).astype(np.float64)
+    inside = np.all((chunks >= action["q01"]) & (chunks <= action["q99"]), axis=1)
+    assert inside.mean() > 0.8
+    back = unnormalize_actions(data.normalized_chunks.reshape(-1, 7)[inside], action)
+    np.testing.assert_allclose(back, chunks[inside], atol=1e-5)
+
+
+def test_bounds_statistics_values_and_errors():
+    values = np.stack([np.linspace(0, 1, 101), np.full(101, 2.0)], axis=1)
+    stats = bounds_statistics(values, mask=[True, False])
+    assert stats["q01"][0] == pytest.approx(0.01) and stats["q99"][0] == pytest.approx(0.99)
+    assert stats["min"][0] == 0.0 and stats["max"][0] == 1.0 and stats["mask"] == [True, False]
+    # The constant dimension gets the minimum band around its value instead of q01 == q99.
+    assert stats["q01"][1] == pytest.approx(1.95) and stats["q99"][1] == pytest.approx(2.05)
+    assert stats["min"][1] == pytest.approx(1.95) and stats["max"][1] == pytest.approx(2.05)
+    normalized = normalize_bounds(np.array([[0.5, 7.0], [2.0, -1.0]]), stats)
+    np.testing.assert_allclose(normalized, [[0.0, 7.0], [1.0, -1.0]], atol=1e-7)  # clipped; masked dim raw
+    # IK round-off around 0 stays ~0 after normalisation (without the band it would become +-1).
+    round_off = np.random.default_rng(0).normal(0, 1e-7, (500, 1))
+    assert np.abs(normalize_bounds(round_off, bounds_statistics(round_off))).max() < 1e-4
+    assert np.abs(normalize_bounds(round_off, bounds_statistics(round_off, min_span=0.0))).max() > 0.5
+    with pytest.raises(ValueError, match="non-empty"):
+        bounds_statistics(np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="mask"):
+        bounds_statistics(values, mask=[True])
+
+
+def test_dataset_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="num_scenes"):
+        DatasetConfig(num_scenes=0)
+    with pytest.raises(ValueError, match="targets"):
+        DatasetConfig(targets=("purple",))
+    with pytest.raises(ValueError, match="image_size"):
+        DatasetConfig(image_size=100)
+    with pytest.raises(ValueError, match="task"):
+        DatasetConfig(task="stack")
+    with pytest.raises(ValueError, match="detour_steps"):
+        DatasetConfig(detour_steps=(4, 2))
+
+
+def test_batched_forward_equals_the_inference_forward(tiny_checkpoint):
+    """forward_batch (training) computes, row by row, what forward (inference, unpruned) does."""
+    policy = load_policy(tiny_checkpoint)
+    model: OFTForActionPrediction = policy.model
+    rng = np.random.default_rng(0)
+    pixel_values, proprio = [], []
+    for _ in range(3):
+        views = {v: rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for v in ("fixed", "wrist")}
+        pixel_values.append(policy.image_processor(list(views.items())))
+        proprio.append(torch.tensor(rng.uniform(-1, 1, 7), dtype=torch.float32))
+    ids, _ = policy.prompt_builder("move the gripper above the green cube")
+    with torch.no_grad():
+        batched = model.forward_batch(torch.stack(pixel_values), ids[None].repeat(3, 1), policy.stop_token_id,
+                                      torch.stack(proprio))
+        for i in range(3):
+            single = model(pixel_values[i], ids, policy.stop_token_id, proprio=proprio[i]).normalized_actions
+            torch.testing.assert_close(batched[i], single, atol=2e-5, rtol=1e-4)
+    assert batched.shape == (3, 8, 7)
+    with torch.no_grad():
+        details = model.forward_batch(torch.stack(pixel_values), ids[None].repeat(3, 1), policy.stop_token_id,
+                                      torch.stack(proprio), return_details=True)
+    torch.testing.assert_close(details["actions"], batched)
+    assert details["visual"].shape == details["visual_hidden"].shape == (3, 512, 64)
+    assert details["readout"].shape == (3, 56, 64)
+    assert not torch.allclose(batched[0], batched[1])  # different inputs, different actions
+    with pytest.raises(ValueError, match="pixel_values"):
+        model.forward_batch(pixel_values[0], ids[None], policy.stop_token_id, proprio[0][None])
+    with pytest.raises(ValueError, match="proprio"):
+        model.forward_batch(torch.stack(pixel_values[:2]), ids[None].repeat(2, 1), policy.stop_token_id, None)
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(dataset="x.npz", out_dir="o", work_dir="w", steps=1000, warmup_steps=100,
+                         learning_rate=1e-3, min_learning_rate_ratio=0.1)
+    assert learning_rate_at(0, config) == pytest.approx(1e-5)
+    assert learning_rate_at(99, config) == pytest.approx(1e-3)
+    assert learning_rate_at(100, config) == pytest.approx(1e-3)
+    assert learning_rate_at(550, config) == pytest.approx(0.55e-3)  # half way down the cosine
+    assert learning_rate_at(1000, config) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="preset"):
+        TrainConfig(dataset="x", out_dir="o", work_dir="w", preset="oft-7b")
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(dataset="x", out_dir="o", work_dir="w", batch_size=0)
+
+
+def test_train_writes_a_loadable_checkpoint_with_the_data_statistics_and_resumes(small_dataset, tmp_path):
+    _, path, _ = small_dataset
+    config = TrainConfig(dataset=str(path), out_dir=str(tmp_path / "ckpt"), work_dir=str(tmp_path / "work"),
+                         steps=2, batch_size=4, warmup_steps=1, eval_every=1, save_every=1, eval_samples=4,
+                         validation_fraction=0.0)
+    summary = train(config, progress=False)
+    assert summary["steps"] == 2
+    out = tmp_path / "ckpt"
+    statistics = json.loads((out / "dataset_statistics.json").read_text())
+    assert list(statistics) == ["xarm6_sim_reach"]
+    assert statistics["xarm6_sim_reach"]["action"] == SimDataset(path).statistics["action"]
+    assert (tmp_path / "work" / "loss_curve.png").stat().st_size > 1000
+    log = [json.loads(line) for line in (tmp_path / "work" / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2]
+    # The written weights are the trained ones (bf16-rounded), not a fresh initialisation.
+    state = torch.load(tmp_path / "work" / "train_state.pt", weights_only=False)["model"]
+    loaded = load_checkpoint(out).model.state_dict()
+    name = "language_model.model.layers.0.mlp.up_proj.weight"
+    torch.testing.assert_close(loaded[name], state[name].to(torch.bfloat16).float())
+    fresh = build_model("xarm6-sim", seed=0).state_dict()[name]
+    assert not torch.equal(state[name], fresh)
+    policy = load_policy(out)
+    assert policy.view_names == ("fixed", "wrist") and policy.num_visual_tokens == 128
+    # Resume: asking for 3 steps continues from step 2.
+    more = train(TrainConfig(**{**config.__dict__, "steps": 3, "overwrite": True}), progress=False)
+    assert more["steps"] == 3
+    log = [json.loads(line) for line in (tmp_path / "work" / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3]
+    with pytest.raises(ValueError, match="not empty"):
+        train(TrainConfig(**{**config.__dict__, "steps": 3}), progress=False)
+
+
+def test_make_checkpoint_still_writes_what_it_did(tmp_path):
+    """The writer was split (make_checkpoint -> save_checkpoint): random checkpoints are unchanged."""
+    out = make_checkpoint("tiny", tmp_path / "a", seed=3)
+    again = make_checkpoint("tiny", tmp_path / "b", seed=3)
+    for name in ("config.json", "dataset_statistics.json", "vla_pruner_oft.json", "preprocessor_config.json"):
+        assert (out / name).read_text() == (again / name).read_text()
+    assert (out / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
+    sidecar = json.loads((out / "vla_pruner_oft.json").read_text())
+    assert sidecar["preset"] == "tiny" and "view_names" not in sidecar

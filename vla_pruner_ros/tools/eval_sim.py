@@ -1,0 +1,80 @@
+"""``vla-pruner eval-sim``: closed-loop success rate per pruning method and keep ratio in the
+simulated reach task (identical seeded scenes for every configuration).
+
+    vla-pruner eval-sim --checkpoint checkpoints/xarm6_sim_reach \\
+        --methods none,fastv,sparsevlm,divprune,random,vla_pruner --keep 0.5,0.25,0.125 --episodes 50
+
+Prints the table and writes results.json, results.csv, table.txt and success_vs_keep_ratio.png to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated method names, got {text!r}")
+    return names
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in (0, 1], got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in (0, 1], got {text!r}")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..training.evaluate import DEFAULT_KEEP_RATIOS, DEFAULT_METHODS
+
+    parser.add_argument("--checkpoint", default=None,
+                        help="OFT checkpoint directory (default: the shipped checkpoints/xarm6_sim_reach)")
+    parser.add_argument("--methods", type=_methods, default=DEFAULT_METHODS,
+                        help=f"comma-separated pruning methods; 'none' = unpruned (default {','.join(DEFAULT_METHODS)})")
+    parser.add_argument("--keep", type=_ratios, default=DEFAULT_KEEP_RATIOS,
+                        help="comma-separated keep ratios (default 0.5,0.25,0.125)")
+    parser.add_argument("--episodes", type=int, default=50, help="episodes per configuration")
+    parser.add_argument("--task", default="above")
+    parser.add_argument("--seed", type=int, default=0, help="first scene seed (scenes seed .. seed+episodes-1)")
+    parser.add_argument("--actions-per-step", type=int, default=4, help="chunk points executed per policy step")
+    parser.add_argument("--max-joint-velocity", type=float, default=1.0, help="rad/s, as the policy node")
+    parser.add_argument("--prune-layer", type=int, default=3, help="K")
+    parser.add_argument("--window", type=int, default=3, help="VLA-Pruner's window w (= warm-up steps)")
+    parser.add_argument("--no-expert", action="store_true", help="skip the expert's success rate")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--out", default=str(ROOT / "artifacts" / "eval_sim"), help="output directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.evaluate import EvalConfig, evaluate, format_table, write_results
+
+    checkpoint = args.checkpoint or str(ROOT / "checkpoints" / "xarm6_sim_reach")
+    if not (Path(checkpoint) / "config.json").is_file():
+        print(f"eval-sim: {checkpoint} is not a checkpoint directory (no config.json); train one with "
+              "`vla-pruner train-sim` or pass --checkpoint", file=sys.stderr)
+        return 2
+    try:
+        config = EvalConfig(checkpoint=checkpoint, methods=args.methods, keep_ratios=args.keep,
+                            episodes=args.episodes, task=args.task, seed=args.seed,
+                            actions_per_step=args.actions_per_step, max_joint_velocity=args.max_joint_velocity,
+                            prune_layer=args.prune_layer, window=args.window, include_expert=not args.no_expert,
+                            threads=args.threads)
+    except ValueError as error:
+        print(f"eval-sim: {error}", file=sys.stderr)
+        return 2
+    results = evaluate(config)
+    command = "vla-pruner eval-sim " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
+        if len(sys.argv) > 1 and sys.argv[1] == "eval-sim" else None
+    paths = write_results(results, args.out, command=command)
+    print(format_table(results))
+    print(f"wall time {results['wall_s']:.0f} s; wrote {', '.join(paths.values())}")
+    return 0

@@ -1,0 +1,379 @@
+"""Expert demonstrations of the simulated reach task, stored as a training-ready dataset.
+
+Each sample is one control step of an episode, recorded with the conventions of the ROS demo:
+
+- both camera views rendered at 224x224 (as the sim cameras publish them), then brought to the
+  policy's size with the policy's own first preprocessing step (``resize_for_policy``: JPEG round
+  trip + Lanczos), stored as uint8; the remaining per-tower normalisation happens per batch;
+- proprio = 6 joint angles + gripper (0 open .. 1 closed);
+- label = the expert's next ``chunk_length`` absolute joint targets + gripper command, rolled out
+  from the state the images show (``ScriptedExpert.action_chunk``), 0.1 s apart.
+
+So the policy learns to recover from its own mistakes, the executed actions are perturbed while the
+labels stay the expert's correction from wherever the arm ends up (DART-style): Gaussian noise on
+the executed joint targets, a random start pose, and sometimes a "detour" where the first few steps
+head for a different cube. After success a few extra "hover" steps are recorded so the policy also
+learns to stay above the cube, and some episodes start hovering above another cube ("retarget"):
+the ROS demo keeps running, so a new instruction finds the arm wherever the last one left it.
+
+The dataset lives in one ``.npz`` (uint8 images compress well); ``SimDataset`` loads it, computes
+the BOUNDS_Q99 statistics OFT uses and turns index batches into model inputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..model.processing_oft import resize_for_policy
+from ..sim import CUBE_COLOURS, Scene, ScriptedExpert, SimEnv
+from ..sim.scene import CUBE_REGION
+from ..sim.task import MAX_STEPS, TASKS, success
+
+RENDER_SIZE = 224  # the sim cameras' image size in the ROS demo
+VIEW_NAMES = ("fixed", "wrist")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """How demonstrations are generated. Scene seeds are ``first_seed .. first_seed + num_scenes - 1``;
+    every scene is recorded once per target colour in ``targets`` (same scene, different
+    instruction: the policy must read the instruction to tell them apart)."""
+
+    num_scenes: int = 300
+    first_seed: int = 100_000  # far from the evaluation seeds (eval-sim starts at 0)
+    task: str = "above"
+    targets: tuple[str, ...] = tuple(CUBE_COLOURS)
+    image_size: int = 112  # the policy's input size
+    chunk_length: int = 8
+    control_period: float = 0.1
+    max_joint_speed: float = 1.0  # rad/s: the policy node's default max_joint_velocity
+    init_joint_noise: float = 0.15  # rad, uniform per joint around HOME (eval uses SimEnv's 0.05)
+    action_noise_max: float = 0.03  # rad: each episode's noise std is drawn from U(0, this)
+    detour_probability: float = 0.25
+    detour_steps: tuple[int, int] = (3, 10)  # inclusive range of steps spent heading for a wrong cube
+    hover_steps: int = 4  # extra steps recorded after success
+    retarget_probability: float = 0.3  # episodes that start above another cube (unrecorded expert run)
+    seed: int = 0  # noise / detour draws
+
+    def __post_init__(self):
+        if not isinstance(self.num_scenes, int) or self.num_scenes < 1:
+            raise ValueError(f"DatasetConfig.num_scenes={self.num_scenes!r}: expected a positive integer")
+        if self.task not in TASKS:
+            raise ValueError(f"DatasetConfig.task={self.task!r}: expected one of {sorted(TASKS)}")
+        unknown = [t for t in self.targets if t not in CUBE_COLOURS]
+        if not self.targets or unknown:
+            raise ValueError(f"DatasetConfig.targets={self.targets!r}: expected a non-empty subset of "
+                             f"{tuple(CUBE_COLOURS)}")
+        if self.image_size % 14 or self.image_size < 14:
+            raise ValueError(f"DatasetConfig.image_size={self.image_size}: expected a multiple of 14 (the patch size)")
+        if not isinstance(self.chunk_length, int) or self.chunk_length < 1:
+            raise ValueError(f"DatasetConfig.chunk_length={self.chunk_length!r}: expected a positive integer")
+        for name in ("control_period", "max_joint_speed"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"DatasetConfig.{name}={getattr(self, name)!r}: expected > 0")
+        for name in ("init_joint_noise", "action_noise_max", "hover_steps"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"DatasetConfig.{name}={getattr(self, name)!r}: expected >= 0")
+        for name in ("detour_probability", "retarget_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"DatasetConfig.{name}={getattr(self, name)!r}: expected in [0, 1]")
+        low, high = self.detour_steps
+        if not 1 <= low <= high:
+            raise ValueError(f"DatasetConfig.detour_steps={self.detour_steps!r}: expected 1 <= low <= high")
+
+
+@dataclass
+class EpisodeRecord:
+    seed: int
+    target: str
+    instruction: str
+    success: bool
+    num_steps: int  # control steps until success (or the limit), hover steps excluded
+    action_noise: float
+    detour: int  # steps spent heading for a wrong cube (0: none)
+    start_above: str | None = None  # "retarget" episodes: the cube the arm starts above
+    images: dict[str, list[np.ndarray]] = field(default_factory=lambda: {v: [] for v in VIEW_NAMES})
+    proprio: list[np.ndarray] = field(default_factory=list)
+    chunks: list[np.ndarray] = field(default_factory=list)
+
+
+def policy_view(image: np.ndarray, image_size: int) -> np.ndarray:
+    """A rendered view as the policy's processor first sees it (see processing_oft)."""
+    return resize_for_policy(np.ascontiguousarray(image), image_size)
+
+
+def record_episode(env: SimEnv, expert: ScriptedExpert, config: DatasetConfig, seed: int, target: str,
+                   rng: np.random.Generator) -> EpisodeRecord:
+    """One perturbed expert episode; every step stores the views, proprio and the expert's chunk."""
+    obs = env.reset(seed=seed, target=target, task=config.task)
+    episode = env.episode
+    noise = float(rng.uniform(0.0, config.action_noise_max))
+    wrong = [c.colour for c in episode.scene.cubes if c.colour != target]
+    start_above = None
+    if wrong and rng.random() < config.retarget_probability:
+        start_above = str(rng.choice(wrong))
+        obs = _move_above(env, expert, episode._replace(target=start_above))
+    detour = 0
+    if wrong and rng.random() < config.detour_probability:
+        detour = int(rng.integers(config.detour_steps[0], config.detour_steps[1] + 1))
+        detour_episode = episode._replace(target=str(rng.choice(wrong)))
+    record = EpisodeRecord(seed=seed, target=target, instruction=episode.instruction, success=False,
+                           num_steps=0, action_noise=noise, detour=detour, start_above=start_above)
+    hover_left = config.hover_steps
+    limit = MAX_STEPS[config.task]
+    while True:
+        chunk = expert.action_chunk(episode, env.arm.joints, env.arm.gripper, config.chunk_length)
+        for view in VIEW_NAMES:
+            record.images[view].append(policy_view(obs["images"][view], config.image_size))
+        record.proprio.append(obs["proprio"].astype(np.float32))
+        record.chunks.append(chunk.astype(np.float32))
+        step = len(record.chunks) - 1
+        if step < detour:
+            action = expert.next_action(detour_episode, env.arm.joints, env.arm.gripper)
+        else:
+            action = chunk[0].copy()
+        if not record.success:  # no perturbation while hovering: show the goal pose itself
+            action[:6] += rng.normal(0.0, noise, 6)
+        obs, reached, _, _ = env.step(action)
+        env.done = False  # the recording decides when to stop (SimEnv stops at success)
+        if not record.success:
+            record.num_steps += 1
+            record.success = bool(reached)
+        if record.success:
+            if hover_left == 0:
+                break
+            hover_left -= 1
+        elif record.num_steps >= limit:
+            break
+    return record
+
+
+def _move_above(env: SimEnv, expert: ScriptedExpert, episode) -> dict:
+    """Run the expert (unrecorded, unperturbed) until the TCP is over ``episode.target``; the
+    observation there is where a "retarget" episode starts."""
+    obs = env.observation()
+    for _ in range(3 * MAX_STEPS[episode.task]):
+        if success(env.tcp_position(), episode.scene, episode.target, episode.task):
+            break
+        obs, _, _, _ = env.step(expert.next_action(episode, env.arm.joints, env.arm.gripper))
+        env.done = False
+    return obs
+
+
+def build_dataset(config: DatasetConfig, out_path: str | os.PathLike, progress: bool = True) -> dict:
+    """Record ``num_scenes * len(targets)`` episodes into ``out_path`` (.npz). Returns a summary."""
+    # The recording enforces the task's step limit itself (a retarget episode runs the expert first).
+    env = SimEnv(seed=config.seed, image_size=(RENDER_SIZE, RENDER_SIZE), control_period=config.control_period,
+                 task=config.task, init_joint_noise=config.init_joint_noise, max_steps=10**6)
+    expert = ScriptedExpert(env.kinematics, control_period=config.control_period,
+                            max_joint_speed=config.max_joint_speed)
+    rng = np.random.default_rng(config.seed)
+    jobs = [(config.first_seed + i, target) for i in range(config.num_scenes) for target in config.targets]
+    iterator = jobs
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(jobs, desc="demonstrations", unit="ep", dynamic_ncols=True)
+    images = {v: [] for v in VIEW_NAMES}
+    proprio, chunks, episode_index, step_index = [], [], [], []
+    instructions: list[str] = []
+    episodes = []
+    for number, (seed, target) in enumerate(iterator):
+        record = record_episode(env, expert, config, seed, target, rng)
+        if record.instruction not in instructions:
+            instructions.append(record.instruction)
+        for view in VIEW_NAMES:
+            images[view].extend(record.images[view])
+        proprio.extend(record.proprio)
+        chunks.extend(record.chunks)
+        episode_index.extend([number] * len(record.chunks))
+        step_index.extend(range(len(record.chunks)))
+        episodes.append({"seed": record.seed, "target": record.target, "instruction": record.instruction,
+                         "success": record.success, "num_steps": record.num_steps,
+                         "action_noise": record.action_noise, "detour": record.detour,
+                         "start_above": record.start_above})
+    instruction_index = [instructions.index(episodes[e]["instruction"]) for e in episode_index]
+    meta = {"format_version": FORMAT_VERSION, "config": asdict(config), "instructions": instructions,
+            "episodes": episodes, "view_names": list(VIEW_NAMES)}
+    out_path = os.fspath(out_path)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    np.savez_compressed(
+        out_path,
+        fixed=np.stack(images["fixed"]), wrist=np.stack(images["wrist"]),
+        proprio=np.stack(proprio).astype(np.float32), chunks=np.stack(chunks).astype(np.float32),
+        episode=np.asarray(episode_index, dtype=np.int32), step=np.asarray(step_index, dtype=np.int32),
+        instruction=np.asarray(instruction_index, dtype=np.int32),
+        meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    successes = [e["success"] for e in episodes]
+    return {"path": out_path, "episodes": len(episodes), "samples": len(chunks),
+            "expert_success": float(np.mean(successes)), "instructions": instructions}
+
+
+# --------------------------------------------------------------------------- statistics
+MIN_BOUNDS_SPAN = 0.1  # rad (or gripper fraction): the narrowest q01..q99 band normalisation may use
+
+
+def bounds_statistics(values: np.ndarray, mask: list[bool] | None = None,
+                      min_span: float = MIN_BOUNDS_SPAN) -> dict:
+    """OFT-style statistics of (N, D) values: mean/std/min/max/q01/q99 (+ mask when given).
+
+    A dimension that barely varies (the expert holds joint 4 at 0 up to IK round-off, the gripper
+    stays open) would get q01 ~ q99, and BOUNDS_Q99 would blow its round-off up to +-1 targets; its
+    q01..q99 band is widened symmetrically to ``min_span`` (min/max likewise)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or len(values) == 0:
+        raise ValueError(f"values: expected a non-empty (N, D) array, got shape {values.shape}")
+    if not min_span >= 0:
+        raise ValueError(f"min_span={min_span!r}: expected >= 0")
+
+    def widened(low: np.ndarray, high: np.ndarray) -> tuple[list, list]:
+        centre, half = (low + high) / 2, np.maximum((high - low) / 2, min_span / 2)
+        return (centre - half).tolist(), (centre + half).tolist()
+
+    q01, q99 = widened(np.quantile(values, 0.01, axis=0), np.quantile(values, 0.99, axis=0))
+    low, high = widened(values.min(0), values.max(0))
+    stats = {"mean": values.mean(0).tolist(), "std": values.std(0).tolist(), "min": low, "max": high,
+             "q01": q01, "q99": q99}
+    if mask is not None:
+        if len(mask) != values.shape[1]:
+            raise ValueError(f"mask: {len(mask)} entries for {values.shape[1]} dimensions")
+        stats["mask"] = [bool(m) for m in mask]
+    return stats
+
+
+def dataset_statistics(proprio: np.ndarray, chunks: np.ndarray, num_trajectories: int) -> dict:
+    """The ``dataset_statistics.json`` entry for this data: actions over every chunk step (the
+    gripper masked out of normalisation, as OFT does), proprio over every state."""
+    action_dim = chunks.shape[-1]
+    actions = chunks.reshape(-1, action_dim)
+    return {
+        "action": bounds_statistics(actions, mask=[True] * (action_dim - 1) + [False]),
+        "proprio": bounds_statistics(proprio),
+        "num_trajectories": int(num_trajectories),
+        "num_transitions": int(len(proprio)),
+    }
+
+
+def normalize_bounds(values: np.ndarray, stats: dict) -> np.ndarray:
+    """BOUNDS_Q99 to [-1, 1] with clipping, masked dimensions passed through (as processing_oft)."""
+    low, high = np.asarray(stats["q01"]), np.asarray(stats["q99"])
+    mask = np.asarray(stats.get("mask", np.ones_like(low, dtype=bool)), dtype=bool)
+    scaled = np.clip(2 * (values - low) / (high - low + 1e-8) - 1, -1.0, 1.0)
+    return np.where(mask, scaled, values)
+
+
+def statistics_from_file(path: str | os.PathLike) -> dict:
+    """``dataset_statistics`` of a recorded dataset without loading its images."""
+    with np.load(path) as data:
+        meta = json.loads(data["meta"].tobytes().decode())
+        return dataset_statistics(data["proprio"], data["chunks"], len(meta["episodes"]))
+
+
+def cube_patch_classes(joints: np.ndarray, scenes: list, image_size: int, grid: int) -> np.ndarray:
+    """(N, 2 * grid * grid) int8: which cube's top centre each patch of each view shows (0 none,
+    1 + index in CUBE_COLOURS), from the cameras' geometry at joint states (N, 6) of scenes (N,).
+
+    Training-only labels for the probes in train.py (the arm may hide a cube: the label ignores
+    occlusion). Pixel coordinates are those of the 224 px render mapped onto the policy's image."""
+    from ..sim.kinematics import FRAME_NAMES, XArm6Kinematics
+    from ..sim.render import Renderer
+
+    joints = np.asarray(joints, dtype=np.float64)
+    renderer = Renderer(RENDER_SIZE, RENDER_SIZE)
+    frames = XArm6Kinematics().forward_kinematics(joints)  # (N, 8, 4, 4)
+    cameras = scenes[0].cameras
+    classes = np.zeros((len(joints), len(VIEW_NAMES), grid, grid), dtype=np.int8)
+    colours = list(CUBE_COLOURS)
+    tops = np.array([[cube.position + [0, 0, cube.size / 2] for cube in sorted(scene.cubes, key=lambda c:
+                      colours.index(c.colour))] for scene in scenes])  # (N, 3, 3) in colour order
+    scale = image_size / RENDER_SIZE
+    for v, name in enumerate(VIEW_NAMES):
+        camera = cameras[name]
+        if camera.parent == "world":
+            poses = np.broadcast_to(camera.offset, (len(joints), 4, 4))
+        else:
+            poses = frames[:, FRAME_NAMES.index(camera.parent)] @ camera.offset
+        focal = renderer.intrinsics(camera.vertical_fov_deg)[0, 0]
+        centre = (RENDER_SIZE - 1) / 2.0
+        local = np.einsum("nkj,nji->nki", tops - poses[:, None, :3, 3], poses[:, :3, :3])  # camera frame
+        depth = local[..., 2]
+        uv = local[..., :2] / np.where(depth > 1e-6, depth, 1.0)[..., None] * focal + centre
+        uv = (uv + 0.5) * scale - 0.5  # pixel centres after the resize to image_size
+        cell = np.floor(uv / (image_size / grid)).astype(int)
+        visible = (depth > 1e-6) & np.all((cell >= 0) & (cell < grid), axis=-1)
+        for k in range(len(colours)):
+            rows = np.flatnonzero(visible[:, k])
+            classes[rows, v, cell[rows, k, 1], cell[rows, k, 0]] = k + 1
+    return classes.reshape(len(joints), -1)
+
+
+# ------------------------------------------------------------------------------ loading
+class SimDataset:
+    """A recorded dataset in memory: uint8 views, normalised proprio and action chunks."""
+
+    def __init__(self, path: str | os.PathLike, statistics: dict | None = None):
+        if not os.path.isfile(path):
+            raise ValueError(f"dataset {path}: no such file (build it with `vla-pruner train-sim`)")
+        with np.load(path) as data:
+            self.meta = json.loads(data["meta"].tobytes().decode())
+            if self.meta.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"dataset {path}: format_version {self.meta.get('format_version')}, "
+                                 f"expected {FORMAT_VERSION}")
+            self.views = {v: data[v] for v in VIEW_NAMES}
+            self.proprio = data["proprio"]
+            self.chunks = data["chunks"]
+            self.episode = data["episode"]
+            self.step = data["step"]
+            self.instruction = data["instruction"]
+        self.path = os.fspath(path)
+        self.instructions: list[str] = self.meta["instructions"]
+        self.config = self.meta["config"]
+        self.statistics = statistics or dataset_statistics(self.proprio, self.chunks, len(self.meta["episodes"]))
+        self.normalized_proprio = normalize_bounds(self.proprio, self.statistics["proprio"]).astype(np.float32)
+        self.normalized_chunks = normalize_bounds(self.chunks, self.statistics["action"]).astype(np.float32)
+        # Where the named cube is, per sample, scaled to [-1, 1] over the region cubes are drawn from
+        # (training-only auxiliary target; not part of the policy's inputs or outputs).
+        x_min, x_max, y_min, y_max = CUBE_REGION
+        centres = np.array([Scene(e["seed"]).cube(e["target"]).position[:2] for e in self.meta["episodes"]])
+        scaled = 2 * (centres - [x_min, y_min]) / [x_max - x_min, y_max - y_min] - 1
+        self.target_xy = scaled[self.episode].astype(np.float32)
+        scenes = [Scene(e["seed"]) for e in self.meta["episodes"]]
+        image_size = self.config["image_size"]
+        self.patch_classes = cube_patch_classes(self.proprio[:, :6], [scenes[e] for e in self.episode],
+                                                image_size, image_size // 14)
+        colours = list(CUBE_COLOURS)
+        self.target_class = np.array([1 + colours.index(e["target"]) for e in self.meta["episodes"]],
+                                     dtype=np.int8)[self.episode]
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.meta["episodes"])
+
+    def split_by_episode(self, validation_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Sample indices of (train, validation), split by whole episodes (scene seeds)."""
+        if not 0.0 <= validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction={validation_fraction!r}: expected in [0, 1)")
+        seeds = sorted({e["seed"] for e in self.meta["episodes"]})
+        rng = np.random.default_rng(seed)
+        held = set(rng.permutation(seeds)[:int(round(validation_fraction * len(seeds)))].tolist())
+        held_episodes = np.array([e["seed"] in held for e in self.meta["episodes"]])
+        in_validation = held_episodes[self.episode]
+        return np.flatnonzero(~in_validation), np.flatnonzero(in_validation)
+
+
+def pixel_tensor(views: dict[str, np.ndarray], means: list, stds: list) -> torch.Tensor:
+    """(B, num_views, 6, S, S) float32 from uint8 views {name: (B, S, S, 3)} already at the policy's
+    size: [0, 1], then each tower's mean/std, channel-stacked (what OFTImageProcessor produces)."""
+    per_view = []
+    for name in VIEW_NAMES:
+        pixels = torch.from_numpy(np.array(views[name], dtype=np.float32)).div_(255.0)  # (B, S, S, 3)
+        towers = [(pixels - torch.tensor(m)) / torch.tensor(s) for m, s in zip(means, stds)]
+        per_view.append(torch.cat(towers, dim=-1).permute(0, 3, 1, 2))
+    return torch.stack(per_view, dim=1).contiguous()

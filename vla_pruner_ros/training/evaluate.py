@@ -1,0 +1,347 @@
+"""Closed-loop evaluation in the simulator: success rate per pruning method and keep ratio.
+
+Every configuration (method x keep ratio, plus the unpruned policy) runs the same episodes: scene
+seeds ``seed .. seed + episodes - 1`` give the same cubes, target, instruction and start pose to
+every configuration. A policy step goes the way the ROS demo goes: the 224x224 views and the
+proprio (6 joints + gripper 0..1) go into ``Policy.predict``; the chunk is made safe exactly as the
+policy node does (``make_safe_chunk`` with the robot config's joint limits and the node's
+``max_joint_velocity``), and the first ``actions_per_step`` points are executed open loop, one per
+control period, before the next query. An episode succeeds when the sim's success test holds
+within its step limit.
+
+Reported per configuration: success rate with a 95 % Wilson interval, mean control steps of the
+successful episodes, median ms per policy step (``PolicyOutput.timings["total"]``), the share of
+policy steps that actually ran pruned (methods with a temporal history run unpruned during their
+warm-up) and the mean analytic LLM FLOPs ratio.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..control.robot_config import RobotConfig, load_robot_config
+from ..control.safety import make_safe_chunk
+from ..pruning import METHODS, PrunerConfig
+from ..sim import ScriptedExpert, SimEnv, run_expert_episode
+from ..sim.task import TASKS
+
+DEFAULT_METHODS = ("none", "fastv", "sparsevlm", "divprune", "random", "vla_pruner")
+DEFAULT_KEEP_RATIOS = (0.5, 0.25, 0.125)
+RENDER_SIZE = (224, 224)  # the sim cameras of the ROS demo
+WILSON_Z = 1.959963984540054  # two-sided 95 %
+
+
+def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (the 95 % one by default)."""
+    if not isinstance(trials, (int, np.integer)) or trials < 1:
+        raise ValueError(f"trials={trials!r}: expected a positive integer")
+    if not isinstance(successes, (int, np.integer)) or not 0 <= successes <= trials:
+        raise ValueError(f"successes={successes!r}: expected an integer in 0..{trials}")
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    checkpoint: str
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    keep_ratios: tuple[float, ...] = DEFAULT_KEEP_RATIOS
+    episodes: int = 50
+    task: str = "above"
+    seed: int = 0  # first scene seed
+    actions_per_step: int = 4  # the node's default
+    control_period: float = 0.1  # 1 / the node's control_rate
+    max_joint_velocity: float = 1.0  # rad/s, the node's default (config/policy.yaml)
+    prune_layer: int = 3  # K
+    window: int = 3  # VLA-Pruner's w (also its warm-up length)
+    include_expert: bool = True
+    threads: int = 2
+
+    def __post_init__(self):
+        if not self.methods:
+            raise ValueError("EvalConfig.methods: expected at least one method")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"EvalConfig.methods: unknown {unknown}; expected names from {METHODS}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"EvalConfig.methods={self.methods}: listed twice")
+        if any(m != "none" for m in self.methods) and not self.keep_ratios:
+            raise ValueError("EvalConfig.keep_ratios: expected at least one ratio for the pruning methods")
+        for ratio in self.keep_ratios:
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+                raise ValueError(f"EvalConfig.keep_ratios: {ratio!r} is not in (0, 1]")
+        if isinstance(self.episodes, bool) or not isinstance(self.episodes, int) or self.episodes < 1:
+            raise ValueError(f"EvalConfig.episodes={self.episodes!r}: expected a positive integer")
+        if self.task not in TASKS:
+            raise ValueError(f"EvalConfig.task={self.task!r}: expected one of {sorted(TASKS)}")
+        if not isinstance(self.actions_per_step, int) or self.actions_per_step < 1:
+            raise ValueError(f"EvalConfig.actions_per_step={self.actions_per_step!r}: expected a positive integer")
+        for name in ("control_period", "max_joint_velocity"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"EvalConfig.{name}={getattr(self, name)!r}: expected > 0")
+
+    def configurations(self) -> list[tuple[str, float]]:
+        """(method, keep ratio) pairs in run order; "none" runs once, at ratio 1."""
+        pairs = [("none", 1.0)] if "none" in self.methods else []
+        pairs += [(m, float(r)) for m in self.methods if m != "none" for r in self.keep_ratios]
+        return pairs
+
+    def pruner(self, method: str, keep_ratio: float) -> PrunerConfig | None:
+        if method == "none":
+            return None
+        return PrunerConfig(method=method, keep_ratio=keep_ratio, prune_layer=self.prune_layer, window=self.window)
+
+
+@dataclass
+class EpisodeResult:
+    seed: int
+    target: str
+    success: bool
+    steps: int  # control steps until success or the limit
+    policy_steps: int
+    pruned_steps: int
+    step_ms: list[float] = field(default_factory=list)
+    flops_ratio: list[float] = field(default_factory=list)
+    final_horizontal_distance: float = float("nan")
+    final_height_above_target: float = float("nan")
+
+
+def run_episode(policy, env: SimEnv, seed: int, robot: RobotConfig, actions_per_step: int = 4,
+                max_joint_velocity: float = 1.0, task: str | None = None) -> EpisodeResult:
+    """One closed-loop episode of ``policy`` (its pruner already set) from scene ``seed``."""
+    obs = env.reset(seed=seed, task=task)
+    policy.reset()
+    result = EpisodeResult(seed=seed, target=env.episode.target, success=False, steps=0, policy_steps=0,
+                           pruned_steps=0)
+    info: dict = {}
+    while not env.done:
+        out = policy.predict(images=obs["images"], proprio=obs["proprio"], instruction=obs["instruction"])
+        result.policy_steps += 1
+        result.pruned_steps += int(out.pruned)
+        result.step_ms.append(float(out.timings["total"]))
+        result.flops_ratio.append(float(out.flops["ratio"]))
+        safe = make_safe_chunk(out.actions, obs["joints"], robot, env.control_period, max_joint_velocity)
+        gripper = np.clip(out.actions[:, robot.gripper_action_index], 0.0, 1.0) \
+            if robot.gripper_action_index is not None else np.zeros(len(out.actions))
+        for i in range(min(actions_per_step, len(safe.joint_positions))):
+            obs, reached, done, info = env.step(np.concatenate([safe.joint_positions[i], [gripper[i]]]))
+            result.success = result.success or bool(reached)
+            if done:
+                break
+    result.steps = env.step_count
+    result.final_horizontal_distance = float(info.get("horizontal_distance", float("nan")))
+    result.final_height_above_target = float(info.get("height_above_target", float("nan")))
+    return result
+
+
+def summarize(method: str, keep_ratio: float, episodes: list[EpisodeResult], num_visual_tokens: int,
+              budget: int) -> dict:
+    """One table row from a configuration's episodes."""
+    successes = sum(e.success for e in episodes)
+    low, high = wilson_interval(successes, len(episodes))
+    success_steps = [e.steps for e in episodes if e.success]
+    step_ms = [ms for e in episodes for ms in e.step_ms]
+    flops = [f for e in episodes for f in e.flops_ratio]
+    policy_steps = sum(e.policy_steps for e in episodes)
+    by_target: dict[str, list[bool]] = {}
+    for e in episodes:
+        by_target.setdefault(e.target, []).append(e.success)
+    return {
+        "method": method,
+        "keep_ratio": keep_ratio,
+        "kept_tokens": budget,
+        "visual_tokens": num_visual_tokens,
+        "episodes": len(episodes),
+        "successes": successes,
+        "success_rate": successes / len(episodes),
+        "ci95_low": low,
+        "ci95_high": high,
+        "mean_steps_to_success": float(np.mean(success_steps)) if success_steps else float("nan"),
+        "median_ms_per_step": float(np.median(step_ms)) if step_ms else float("nan"),
+        "pruned_step_fraction": sum(e.pruned_steps for e in episodes) / max(1, policy_steps),
+        "mean_flops_ratio": float(np.mean(flops)) if flops else float("nan"),
+        "success_by_target": {t: float(np.mean(v)) for t, v in sorted(by_target.items())},
+    }
+
+
+def evaluate_expert(config: EvalConfig) -> dict:
+    """The scripted expert (as used for the demonstrations) on the same scene seeds."""
+    env = SimEnv(seed=config.seed, image_size=None, control_period=config.control_period, task=config.task)
+    expert = ScriptedExpert(env.kinematics, control_period=config.control_period,
+                            max_joint_speed=config.max_joint_velocity)
+    runs = [run_expert_episode(env, seed=config.seed + i, task=config.task, expert=expert)
+            for i in range(config.episodes)]
+    successes = sum(r["success"] for r in runs)
+    low, high = wilson_interval(successes, len(runs))
+    steps = [r["num_steps"] for r in runs if r["success"]]
+    return {"method": "expert", "episodes": len(runs), "successes": successes, "success_rate": successes / len(runs),
+            "ci95_low": low, "ci95_high": high,
+            "mean_steps_to_success": float(np.mean(steps)) if steps else float("nan")}
+
+
+def evaluate(config: EvalConfig, progress: bool = True, policy=None) -> dict:
+    """Run every configuration; returns {"config", "expert", "rows", "episodes", "wall_s"}.
+    ``policy``: an already loaded policy (default: ``load_policy(config.checkpoint)``)."""
+    import torch
+
+    from ..model import load_policy
+
+    started = time.time()
+    torch.set_num_threads(config.threads)
+    if policy is None:
+        policy = load_policy(config.checkpoint, device="cpu")
+    for method, _ in config.configurations():
+        if method != "none" and config.prune_layer >= policy.num_layers:
+            raise ValueError(f"EvalConfig.prune_layer={config.prune_layer}: the checkpoint's LLM has "
+                             f"{policy.num_layers} layers")
+    robot = load_robot_config()
+    env = SimEnv(seed=config.seed, image_size=RENDER_SIZE, control_period=config.control_period, task=config.task)
+    expert = evaluate_expert(config) if config.include_expert else None
+    pairs = config.configurations()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(pairs) * config.episodes, desc="eval-sim", unit="ep", dynamic_ncols=True)
+    rows, episodes_out = [], []
+    try:
+        for method, ratio in pairs:
+            pruner = config.pruner(method, ratio)
+            policy.set_pruner(pruner)
+            budget = pruner.budget(policy.num_visual_tokens) if pruner else policy.num_visual_tokens
+            results = []
+            for i in range(config.episodes):
+                result = run_episode(policy, env, config.seed + i, robot, config.actions_per_step,
+                                     config.max_joint_velocity, task=config.task)
+                results.append(result)
+                if bar is not None:
+                    bar.update(1)
+                    rate = sum(r.success for r in results) / len(results)
+                    bar.set_postfix({"config": f"{method}@{ratio:g}", "success": f"{rate:.0%}"})
+            rows.append(summarize(method, ratio, results, policy.num_visual_tokens, budget))
+            episodes_out.extend({"method": method, "keep_ratio": ratio, **_episode_dict(r)} for r in results)
+    finally:
+        if bar is not None:
+            bar.close()
+        policy.set_pruner(None)
+    return {"config": asdict(config), "expert": expert, "rows": rows, "episodes": episodes_out,
+            "num_visual_tokens": policy.num_visual_tokens, "num_layers": policy.num_layers,
+            "wall_s": time.time() - started}
+
+
+def _episode_dict(result: EpisodeResult) -> dict:
+    out = asdict(result)
+    out["median_ms_per_step"] = float(np.median(out.pop("step_ms"))) if result.step_ms else float("nan")
+    out.pop("flops_ratio")
+    return out
+
+
+# ------------------------------------------------------------------------------------ output
+def format_table(results: dict) -> str:
+    """The printed table: one line per configuration, the expert first."""
+    header = (f"{'method':<11} {'keep':>6} {'tokens':>7} {'success':>8} {'95% CI':>15} {'steps':>6} "
+              f"{'ms/step':>8} {'pruned':>7} {'FLOPs':>6}")
+    lines = [header, "-" * len(header)]
+    expert = results.get("expert")
+    if expert:
+        lines.append(f"{'expert':<11} {'':>6} {'':>7} {expert['success_rate']:>8.1%} "
+                     f"{_ci(expert):>15} {expert['mean_steps_to_success']:>6.1f} {'':>8} {'':>7} {'':>6}")
+    for row in results["rows"]:
+        lines.append(
+            f"{row['method']:<11} {row['keep_ratio']:>6.3f} {row['kept_tokens']:>3}/{row['visual_tokens']:<3} "
+            f"{row['success_rate']:>8.1%} {_ci(row):>15} {row['mean_steps_to_success']:>6.1f} "
+            f"{row['median_ms_per_step']:>8.1f} {row['pruned_step_fraction']:>7.0%} {row['mean_flops_ratio']:>6.2f}")
+    return "\n".join(lines)
+
+
+def _ci(row: dict) -> str:
+    return f"[{row['ci95_low'] * 100:.1f}, {row['ci95_high'] * 100:.1f}]"
+
+
+CSV_FIELDS = ("method", "keep_ratio", "kept_tokens", "visual_tokens", "episodes", "successes", "success_rate",
+              "ci95_low", "ci95_high", "mean_steps_to_success", "median_ms_per_step", "pruned_step_fraction",
+              "mean_flops_ratio")
+
+
+def write_results(results: dict, out_dir: str | os.PathLike, command: str | None = None) -> dict[str, str]:
+    """results.json (everything), results.csv (one row per configuration, the expert included),
+    table.txt and success_vs_keep_ratio.png. Returns {kind: path}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "table": out / "table.txt",
+             "plot": out / "success_vs_keep_ratio.png"}
+    payload = dict(results)
+    if command:
+        payload["command"] = command
+    with open(paths["json"], "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, default=float)
+        f.write("\n")
+    with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        if results.get("expert"):
+            writer.writerow({**results["expert"], "keep_ratio": ""})
+        for row in results["rows"]:
+            writer.writerow(row)
+    table = format_table(results)
+    lines = [table, "", f"wall time: {results['wall_s']:.0f} s"]
+    if command:
+        lines.append(f"command: {command}")
+    paths["table"].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plot_success(results, paths["plot"])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def plot_success(results: dict, path: str | os.PathLike) -> None:
+    """Success rate vs keep ratio per method (95 % intervals as error bars); the unpruned policy
+    and the expert as horizontal references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    rows = results["rows"]
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "none"]
+    ratios = sorted({r["keep_ratio"] for r in rows if r["method"] != "none"})
+    offsets = np.linspace(-0.03, 0.03, max(1, len(methods)))  # log-x jitter so error bars do not overlap
+    for method, offset in zip(methods, offsets):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["keep_ratio"])
+        x = np.array([r["keep_ratio"] for r in mine]) * 10 ** offset
+        y = np.array([r["success_rate"] for r in mine]) * 100
+        err = np.array([[r["success_rate"] - r["ci95_low"], r["ci95_high"] - r["success_rate"]] for r in mine]).T * 100
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, linewidth=1.6 if method == "vla_pruner" else 1.0,
+                    label=method)
+    for row in rows:
+        if row["method"] == "none":
+            ax.axhline(row["success_rate"] * 100, color="black", linestyle="--", linewidth=1,
+                       label=f"unpruned ({row['success_rate']:.0%})")
+            ax.axhspan(row["ci95_low"] * 100, row["ci95_high"] * 100, color="black", alpha=0.07)
+    if results.get("expert"):
+        ax.axhline(results["expert"]["success_rate"] * 100, color="tab:gray", linestyle=":", linewidth=1,
+                   label=f"expert ({results['expert']['success_rate']:.0%})")
+    if ratios:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ratios)
+        ax.set_xticklabels([f"{r:g}" for r in ratios])
+        ax.set_xlim(min(ratios) / 1.4, max(ratios) * 1.4)
+    ax.set_xlabel("keep ratio (fraction of the visual tokens kept)")
+    ax.set_ylabel("success rate (%)")
+    episodes = rows[0]["episodes"] if rows else 0
+    ax.set_title(f"closed-loop success in the sim reach task ({episodes} episodes per point, 95% Wilson CI)",
+                 fontsize=9)
+    ax.set_ylim(-3, 103)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
