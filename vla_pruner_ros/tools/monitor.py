@@ -63,11 +63,14 @@ class DemoMonitor(Node):
         match = _COLOUR.search(self._instruction.lower())
         if match is None or self._joints is None:
             return ""
+        from vla_pruner_ros.sim.task import success
+
         cube = self._scene.cube(match.group(1))
         tcp = self._kinematics.tcp_pose(self._joints)[:3, 3]
         horizontal = float(np.linalg.norm(tcp[:2] - cube.position[:2]))
         height = float(tcp[2] - cube.top)
-        return f" | {cube.colour} cube: {horizontal * 100:5.1f} cm away, {height * 100:5.1f} cm above"
+        done = "  reached" if success(tcp, self._scene, cube.colour, "above") else ""
+        return f" | {cube.colour} cube: {horizontal * 100:5.1f} cm away, {height * 100:5.1f} cm above{done}"
 
     def _on_stats(self, msg: PrunerStats) -> None:
         fields = stats_to_fields(msg)
