@@ -475,7 +475,7 @@ class PolicyNode(Node):
 
 
 def main(args=None) -> int:
-    return spin_node(PolicyNode, args)
+    return spin_node(PolicyNode, args, short_gil_switch=True)
 
 
 if __name__ == "__main__":
