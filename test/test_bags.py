@@ -49,7 +49,8 @@ def _stats(store, index: int):
     PrunerStats = store.types["vla_pruner_ros/msg/PrunerStats"]
     fields = {name: 0 for name in PrunerStats.__dataclass_fields__ if name != "__msgtype__"}
     fields.update(header=_image(store, index).header, step_index=index, method="vla_pruner", enabled=True,
-                  keep_ratio=0.25, smoothing="window", warmup=index < 3, pool_ratio=1.5, flops=1e9 * index)
+                  keep_ratio=0.25, smoothing="window", warmup=index < 3, pool_ratio=1.5, flops=1e9 * index,
+                  input_names=["fixed", "joint_states"], input_stamps=[_image(store, index).header.stamp] * 2)
     return PrunerStats(**fields)
 
 

@@ -4,6 +4,7 @@ import time
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
+from builtin_interfaces.msg import Time  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 
 from vla_pruner_ros.msg import PrunerStats, RetainedTokenMask  # noqa: E402
@@ -77,7 +78,11 @@ def test_pruner_stats_round_trip():
     sent.total_ms = 91.5
     sent.flops = 1.25e12
     sent.flops_ratio = 0.3
+    sent.input_names = ["fixed", "wrist", "joint_states"]
+    sent.input_stamps = [Time(sec=12, nanosec=1), Time(sec=12, nanosec=2), Time(sec=12, nanosec=3)]
     got = _round_trip(PrunerStats, sent)
+    assert list(got.input_names) == ["fixed", "wrist", "joint_states"]
+    assert [(t.sec, t.nanosec) for t in got.input_stamps] == [(12, 1), (12, 2), (12, 3)]
     assert (got.method, got.enabled, got.prune_layer, got.window) == ("fastv", True, 3, 3)
     assert (got.visual_tokens_before, got.visual_tokens_after) == (512, 64)
     assert (got.pool_vl, got.pool_act, got.pool_dual) == (64, 64, 100)

@@ -157,8 +157,26 @@ def test_bad_arguments_name_the_field(raw_bag):
 
 def test_stats_stamps_rounded_by_float_seconds_still_find_the_newest_input(tmp_path):
     """The node publishes the step stamp through float seconds: a few hundred ns below the input's."""
-    spec = SimBagSpec(duration_s=1.0, stats_period=0.3, stats_stamp_offset_ns=-300)
+    # A bag from before PrunerStats named its inputs' stamps: the step time alone must do.
+    spec = SimBagSpec(duration_s=1.0, stats_period=0.3, stats_stamp_offset_ns=-300, stats_frame_lag=None)
     bag = write_sim_bag(tmp_path / "rounded", "mcap", spec)
     timeline = load_timeline(bag.path, ROBOT)
     newest = [stamp + 300 for stamp in bag.stats_stamps_ns]  # the joint states the node used
     assert [s.observation.stamp for s in timeline.steps] == pytest.approx([t / NS for t in newest], abs=1e-6)
+
+
+def test_stats_naming_their_inputs_pick_those_frames_not_the_newest(tmp_path):
+    """Online, a frame stamped just before the step's newest input can still be in flight when the
+    step begins; the node then used the frame before it. The stats' input stamps say which."""
+    spec = SimBagSpec(duration_s=1.6, stats_period=0.3, stats_frame_lag=1)
+    bag = write_sim_bag(tmp_path / "lag", "mcap", spec)
+    timeline = load_timeline(bag.path, ROBOT)
+    assert len(timeline.steps) == len(bag.stats_stamps_ns) >= 4
+    for step in timeline.steps:
+        newest_frame = _frame_index(bag, step.time_ns)
+        used = max(newest_frame - 1, 0)
+        assert step.online["input_stamps"]["fixed"] == bag.camera_stamps_ns[used]
+        for view in ("fixed", "wrist"):
+            assert np.array_equal(step.observation.images[view], bag.frames[used][view])
+        if newest_frame > 0:  # the choice really differs from "newest stamped at or before the step"
+            assert not np.array_equal(step.observation.images["fixed"], bag.frames[newest_frame]["fixed"])

@@ -348,10 +348,14 @@ class PolicyNode(Node):
                 stamp=max(item.stamp for item in snapshot.values()),
             )
             result = self.runner.step(observation, settings)
-            # The newest input's own stamp, unchanged, so a replay finds exactly these inputs.
+            # The newest input's own stamp, unchanged (no float round trip): the step's time.
             newest = max(snapshot.values(), key=lambda item: item.stamp)
             stamp = newest.source_stamp or rclpy.time.Time(seconds=result.stamp).to_msg()
-            self._publish_step(result, images, settings, motion_enabled, stamp)
+            # And every input's own stamp: a frame stamped before the newest input may still
+            # have been in flight when this step began, so "newest <= stamp" alone is ambiguous.
+            inputs = {name: item.source_stamp or rclpy.time.Time(seconds=item.stamp).to_msg()
+                      for name, item in snapshot.items()}
+            self._publish_step(result, images, settings, motion_enabled, stamp, inputs)
         except Exception as error:  # noqa: BLE001 - a failed step must never take the node down
             if isinstance(error, ImageConversionError):
                 message = f"holding: bad input: {error}"
@@ -363,11 +367,12 @@ class PolicyNode(Node):
             self._set_status(ERROR, message)
             self._log("error", "step", message)
 
-    def _publish_step(self, result: StepResult, images: dict, settings, motion_enabled: bool, stamp) -> None:
+    def _publish_step(self, result: StepResult, images: dict, settings, motion_enabled: bool, stamp,
+                      input_stamps: dict) -> None:
         if motion_enabled and self._motion_enabled:
             self._publish_commands(result)
         self._publish_mask(result, stamp)
-        self._publish_stats(result, stamp)
+        self._publish_stats(result, stamp, input_stamps)
         if settings.publish_overlays:
             self._publish_overlays(result, images, stamp)
         self._steps_done += 1
@@ -409,11 +414,14 @@ class PolicyNode(Node):
             setattr(msg, key, value)
         self._mask_pub.publish(msg)
 
-    def _publish_stats(self, result: StepResult, stamp) -> None:
+    def _publish_stats(self, result: StepResult, stamp, input_stamps: dict) -> None:
         msg = PrunerStats()
         msg.header.stamp = stamp
         for key, value in result.stats_fields().items():
             setattr(msg, key, value)
+        names = [name for name in (*VIEWS, "joint_states") if name in input_stamps]
+        msg.input_names = names
+        msg.input_stamps = [input_stamps[name] for name in names]
         self._stats_pub.publish(msg)
 
     def _publish_overlays(self, result: StepResult, images: dict, stamp) -> None:

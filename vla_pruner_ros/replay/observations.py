@@ -7,8 +7,10 @@ done at known step times:
 
 * **Step times.** When the bag holds the node's ``/vla_pruner_policy/stats``, each message is
   one online step and its header stamp is the newest input stamp that step used; the offline
-  step runs at that stamp (within 1 us: the node passes it through float seconds), so the
-  same frames are picked. Otherwise steps run every ``step_period`` seconds
+  step runs at that stamp. The stats also name each input's own stamp (``input_stamps``):
+  those exact messages are used, since a frame stamped just before the step may still have
+  been in flight when the node began it (older bags without the field: the newest message
+  stamped at or before the step, within 1 us). Otherwise steps run every ``step_period`` seconds
   (``actions_per_step / control_rate``, 0.4 s by default) from the first moment every input
   is present.
 * **Inputs at a step time T.** For each input, the message with the largest stamp <= T. A step
@@ -131,6 +133,11 @@ class _Series:
         position = bisect.bisect_right(self.stamps, time_ns)
         return position - 1 if position else None
 
+    def exact(self, stamp_ns: int) -> int | None:
+        """Index of the message stamped exactly stamp_ns (the later logged on ties), else None."""
+        position = bisect.bisect_right(self.stamps, stamp_ns)
+        return position - 1 if position and self.stamps[position - 1] == stamp_ns else None
+
 
 def _stamp_ns(header, log_ns: int) -> int:
     stamp = int(header.stamp.sec) * NS + int(header.stamp.nanosec)
@@ -245,6 +252,9 @@ def _online_fields(msg) -> dict:
         "warmup": bool(msg.warmup),
         "kept_tokens": int(msg.visual_tokens_after),
         "total_ms": float(msg.total_ms),
+        # {input: its header stamp in ns} as the node used it (empty in bags from before the field)
+        "input_stamps": {str(name): int(stamp.sec) * NS + int(stamp.nanosec)
+                         for name, stamp in zip(getattr(msg, "input_names", ()), getattr(msg, "input_stamps", ()))},
     }
 
 
@@ -309,8 +319,12 @@ def load_timeline(path: str | Path, robot: RobotConfig, topics: ReplayTopics = R
         planned, held = [], []
         for time_ns, online in schedule:
             picks, problems = {}, []
+            used = online["input_stamps"] if online else {}
             for name, series in {**frames, "joint_states": joints}.items():
-                index = series.latest(time_ns + tolerance_ns)
+                # The very message the node used when the stats name it; else the newest by stamp.
+                index = series.exact(used[name]) if name in used else None
+                if index is None:
+                    index = series.latest(time_ns + tolerance_ns)
                 if index is None:
                     problems.append(f"{name}: nothing received yet")
                     continue

@@ -34,6 +34,9 @@ class SimBagSpec:
     compressed: bool = False  # cameras as CompressedImage (PNG) on <topic>/compressed
     omit_topics: tuple[str, ...] = ()  # topics to leave out (to make an incomplete bag)
     joint_gap: tuple[float, float] | None = None  # (from_s, to_s): no joint states in this span
+    # >0: the stats name camera frames this many frames older than the newest (frames that were
+    # still in flight when the node began the step); None: stats without input stamps (old bags)
+    stats_frame_lag: int | None = 0
     seed: int = 0
 
 
@@ -109,8 +112,15 @@ def write_sim_bag(path: str | Path, storage: str = "mcap", spec: SimBagSpec = Si
             if spec.stats_period is not None and t >= next_stats - 1e-9:
                 newest = max(stamp, out.joint_stamps_ns[-1] if out.joint_stamps_ns else stamp)
                 newest += spec.stats_stamp_offset_ns
+                inputs = None
+                if spec.stats_frame_lag is not None:
+                    lag = min(spec.stats_frame_lag, len(out.camera_stamps_ns) - 1)
+                    frame = out.camera_stamps_ns[-1 - lag]
+                    inputs = {"fixed": frame, "wrist": frame,
+                              "joint_states": out.joint_stamps_ns[-1] if out.joint_stamps_ns else frame}
                 bag.write_message("/vla_pruner_policy/stats", newest + 50_000_000,
-                                  _stats_message(types, header(newest), step_index), "vla_pruner_ros/msg/PrunerStats")
+                                  _stats_message(types, header(newest), step_index, inputs),
+                                  "vla_pruner_ros/msg/PrunerStats")
                 out.stats_stamps_ns.append(newest)
                 next_stats += spec.stats_period
                 step_index += 1
@@ -119,9 +129,12 @@ def write_sim_bag(path: str | Path, storage: str = "mcap", spec: SimBagSpec = Si
     return out
 
 
-def _stats_message(types, header, step_index: int):
-    PrunerStats = types["vla_pruner_ros/msg/PrunerStats"]
+def _stats_message(types, header, step_index: int, inputs: dict[str, int] | None = None):
+    PrunerStats, Time = types["vla_pruner_ros/msg/PrunerStats"], types["builtin_interfaces/msg/Time"]
     fields = {name: 0 for name in PrunerStats.__dataclass_fields__ if name != "__msgtype__"}
+    inputs = inputs or {}
     fields.update(header=header, step_index=step_index, method="vla_pruner", enabled=True, keep_ratio=0.25,
-                  prune_layer=3, smoothing="window", window=3, decay=0.8, warmup=step_index < 3)
+                  prune_layer=3, smoothing="window", window=3, decay=0.8, warmup=step_index < 3,
+                  input_names=list(inputs),
+                  input_stamps=[Time(sec=stamp // NS, nanosec=stamp % NS) for stamp in inputs.values()])
     return PrunerStats(**fields)

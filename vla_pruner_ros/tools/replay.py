@@ -191,6 +191,11 @@ def _print_timeline(timeline, seconds: float) -> None:
         print(f"[replay] undecodable messages skipped (as the node would): {timeline.skipped_messages}")
     for index, text in enumerate(timeline.instructions):
         print(f"[replay] episode {index}: {text!r} (from {timeline.instruction_source})")
+    first = timeline.steps[0].online if timeline.steps else None
+    if first and first["step_index"] > 0:
+        # The node's history from before the bag is unknown: the replay starts this episode afresh.
+        print(f"[replay] note: the bag starts at online step {first['step_index']} of an episode; the replay "
+              "restarts the pruner history there, so its first steps may keep other tokens than the node did")
 
 
 def _write_outputs(args, config, timeline, result, out_dir: Path, sheet_steps) -> int:
