@@ -207,17 +207,20 @@ def visual_attention_scores(
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
 
     group_size = num_heads // num_kv_heads
-    # heads h = kv * group_size + g share key head kv (the layout of repeat_kv / repeat_interleave)
-    key_t = key.float().transpose(-1, -2).unsqueeze(1)  # (kv, 1, head_dim, S_k)
+    key_t = key.float().transpose(-1, -2)  # (kv, head_dim, S_k)
     total = None
     for chunk in chunks:
-        chunk_query = query[:, chunk].float()  # a view when the chunk is a slice
-        grouped_query = chunk_query.reshape(num_kv_heads, group_size, chunk_query.shape[1], head_dim)
-        logits = (grouped_query @ key_t) * scale  # (kv, group, rows, S_k)
+        # Scale the queries (rows x head_dim), not the logits (rows x S_k): one pass fewer over the
+        # larger tensor, and the product is contiguous, so the grouping below is a free view.
+        chunk_query = query[:, chunk].float() * scale  # (heads, rows, head_dim)
+        rows_here = chunk_query.shape[1]
+        # heads h = kv * group_size + g share key head kv (the layout of repeat_kv): as rows of one
+        # (kv, group * rows) batch, grouped-query attention needs no repeated keys.
+        logits = chunk_query.reshape(num_kv_heads, group_size * rows_here, head_dim) @ key_t
         if causal:
-            positions = torch.arange(num_queries, device=query.device)[chunk]
+            positions = torch.arange(num_queries, device=query.device)[chunk].repeat(group_size)
             future = torch.arange(num_keys, device=query.device)[None, :] > positions[:, None]
             logits = logits.masked_fill(future, float("-inf"))
-        part = logits.softmax(dim=-1)[..., visual_slice].sum(dim=(0, 1, 2))
+        part = logits.softmax(dim=-1)[..., visual_slice].sum(dim=(0, 1))
         total = part if total is None else total + part
     return total / (num_heads * num_rows)
