@@ -98,6 +98,7 @@ def run(args) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
 
     import rclpy
+    from rclpy.executors import ExternalShutdownException
 
     from vla_pruner_ros.tools.monitor import DemoMonitor
 
@@ -128,7 +129,7 @@ def run(args) -> int:
                 line = sys.stdin.readline().strip()
                 if line:
                     monitor.send_instruction(line)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C, or SIGTERM (rclpy's handler)
         print()
     finally:
         print("[demo] stopping nodes ...")
