@@ -14,37 +14,18 @@ import argparse
 import sys
 
 from ..benchmarking.suite import DEFAULT_KEEP_RATIOS, DEFAULT_METHODS, DTYPES
+from ._arguments import keep_ratio_list, method_list
 
 PRESET_CHOICES = ("scaled", "tiny", "oft-7b")
-
-
-def _method_list(text: str) -> tuple[str, ...]:
-    from ..pruning import METHODS
-
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in METHODS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"--methods {text!r}: expected comma-separated names from {', '.join(METHODS)}")
-    return names
-
-
-def _ratio_list(text: str) -> tuple[float, ...]:
-    try:
-        ratios = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        ratios = ()
-    if not ratios or any(not 0 < r < 1 for r in ratios):
-        raise argparse.ArgumentTypeError(f"--keep {text!r}: expected comma-separated keep ratios in (0, 1)")
-    return ratios
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=PRESET_CHOICES, default="scaled",
                         help="model sizes, random weights built on the device (default: scaled)")
     parser.add_argument("--checkpoint", default=None, help="benchmark this checkpoint directory instead of a preset")
-    parser.add_argument("--methods", type=_method_list, default=DEFAULT_METHODS,
+    parser.add_argument("--methods", type=method_list, default=DEFAULT_METHODS,
                         help=f"comma-separated (default: {','.join(DEFAULT_METHODS)}); vanilla always runs")
-    parser.add_argument("--keep", type=_ratio_list, default=DEFAULT_KEEP_RATIOS,
+    parser.add_argument("--keep", type=keep_ratio_list, default=DEFAULT_KEEP_RATIOS,
                         help="comma-separated keep ratios (default: 0.5,0.25,0.125)")
     parser.add_argument("--steps", type=int, default=20, help="timed repetitions per configuration (default: 20)")
     parser.add_argument("--warmup", type=int, default=5,

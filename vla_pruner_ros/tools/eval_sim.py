@@ -13,24 +13,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from ._arguments import keep_ratio_list, method_list
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _methods(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated method names, got {text!r}")
-    return names
-
-
-def _ratios(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in (0, 1], got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in (0, 1], got {text!r}")
-    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--checkpoint", default=None,
                         help="OFT checkpoint directory (default: the shipped checkpoints/xarm6_sim_reach)")
-    parser.add_argument("--methods", type=_methods, default=DEFAULT_METHODS,
+    parser.add_argument("--methods", type=method_list, default=DEFAULT_METHODS,
                         help=f"comma-separated pruning methods; 'none' = unpruned (default {','.join(DEFAULT_METHODS)})")
-    parser.add_argument("--keep", type=_ratios, default=DEFAULT_KEEP_RATIOS,
+    parser.add_argument("--keep", type=keep_ratio_list, default=DEFAULT_KEEP_RATIOS,
                         help="comma-separated keep ratios (default 0.5,0.25,0.125)")
     parser.add_argument("--episodes", type=int, default=50, help="episodes per configuration")
     parser.add_argument("--task", default="above")
