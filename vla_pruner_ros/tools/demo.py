@@ -50,6 +50,17 @@ def _instruction_in(params_file: str, node_name: str) -> str:
     return str(((data.get(node_name) or {}).get("ros__parameters") or {}).get("instruction", ""))
 
 
+def _stop_when_parent_dies() -> None:
+    """In the child, before exec (Linux): get SIGINT when the demo dies without stopping us (e.g.
+    SIGKILL), so no node keeps running, and publishing, after its demo is gone."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class _Children:
     """Child node processes in their own sessions, stopped with SIGINT (clean shutdown)."""
 
@@ -60,7 +71,7 @@ class _Children:
     def start(self, name: str, command: list[str]) -> None:
         log = open(self.log_dir / f"{name}.log", "w")
         self.processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                start_new_session=True)
+                                                start_new_session=True, preexec_fn=_stop_when_parent_dies)
 
     def exited(self) -> list[tuple[str, int]]:
         return [(name, p.returncode) for name, p in self.processes.items() if p.poll() is not None]
