@@ -50,15 +50,18 @@ def _instruction_in(params_file: str, node_name: str) -> str:
     return str(((data.get(node_name) or {}).get("ros__parameters") or {}).get("instruction", ""))
 
 
-def _stop_when_parent_dies() -> None:
-    """In the child, before exec (Linux): get SIGINT when the demo dies without stopping us (e.g.
-    SIGKILL), so no node keeps running, and publishing, after its demo is gone."""
+def _parent_death_signal():
+    """A pre-exec hook (Linux) that makes the child get SIGINT when the demo dies without stopping
+    it (e.g. SIGKILL), so no node keeps running, and publishing, after its demo is gone. libc is
+    looked up here, in the parent: the hook itself runs between fork and exec and must not import
+    (the demo has DDS threads by then)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+    return lambda: prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
 
 
 class _Children:
@@ -67,11 +70,12 @@ class _Children:
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen] = {}
+        self._pre_exec = _parent_death_signal()
 
     def start(self, name: str, command: list[str]) -> None:
         log = open(self.log_dir / f"{name}.log", "w")
         self.processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                start_new_session=True, preexec_fn=_stop_when_parent_dies)
+                                                start_new_session=True, preexec_fn=self._pre_exec)
 
     def exited(self) -> list[tuple[str, int]]:
         return [(name, p.returncode) for name, p in self.processes.items() if p.poll() is not None]
@@ -110,6 +114,7 @@ def run(args) -> int:
 
     import rclpy
     from rclpy.executors import ExternalShutdownException
+    from rclpy.signals import SignalHandlerOptions
 
     from vla_pruner_ros.tools.monitor import DemoMonitor
 
@@ -117,12 +122,18 @@ def run(args) -> int:
     checkpoint = overrides["checkpoint"]
     print(f"[demo] simulated xArm6 + cameras + policy node; checkpoint: {checkpoint}")
     print(f"[demo] node logs: {log_dir}/<node>.log")
-    for spec in plan.nodes:
-        children.start(spec.name, spec.command())
-    rclpy.init()
+    # Our own signal handling: rclpy's would shut the context down under a running spin_once
+    # (a race that surfaces as a random RCLError). Ctrl-C and SIGTERM ask the loop to stop, then the
+    # nodes are stopped in order. (Set explicitly: a shell starts background jobs with SIGINT ignored.)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda received, frame: stop.set())
+    # The monitor subscribes before the nodes start, so that it sees the policy's first steps.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     instruction = overrides.get("instruction") or _instruction_in(policy_spec.parameters[0], policy_spec.name)
     monitor = DemoMonitor(scene_seed=args.scene_seed, policy_node=policy_spec.name, instruction=instruction)
-    stop = threading.Event()
+    for spec in plan.nodes:
+        children.start(spec.name, spec.command())
     print("[demo] loading the policy ... (type an instruction + Enter to change the task, Ctrl-C to stop)")
     started = time.monotonic()
     code = 0
@@ -140,7 +151,7 @@ def run(args) -> int:
                 line = sys.stdin.readline().strip()
                 if line:
                     monitor.send_instruction(line)
-    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C, or SIGTERM (rclpy's handler)
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C, or the context shut down elsewhere
         print()
     finally:
         print("[demo] stopping nodes ...")
