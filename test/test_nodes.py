@@ -133,8 +133,14 @@ def test_stale_camera_holds_the_arm_and_resumes(system):
              message=lambda: f"commands after the camera came back (policy status: {node.status})")
 
 
-def test_sigint_stops_a_running_node_cleanly(tiny_checkpoint):
-    """Ctrl-C: exit code 0, no traceback, the worker joined (the process ends)."""
+@pytest.mark.parametrize("signal_name, after_line, delay", [
+    ("SIGINT", "ready:", 0.0),            # right after start-up, racing the executor's first spin
+    ("SIGINT", "ready:", 1.0),            # while it runs
+    ("SIGINT", "loading policy", 0.0),    # while the model loads
+    ("SIGTERM", "ready:", 1.0),
+])
+def test_sigint_stops_a_running_node_cleanly(tiny_checkpoint, signal_name, after_line, delay):
+    """Ctrl-C or SIGTERM at any time: exit code 0, no traceback, the worker joined (the process ends)."""
     import os
     import signal
     import subprocess
@@ -149,10 +155,11 @@ def test_sigint_stops_a_running_node_cleanly(tiny_checkpoint):
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         lines.append(line)
-        if "ready:" in line or not line:
+        if after_line in line or not line:
             break
-    assert any("ready:" in line for line in lines), "".join(lines)
-    process.send_signal(signal.SIGINT)
+    assert any(after_line in line for line in lines), "".join(lines)
+    time.sleep(delay)
+    process.send_signal(getattr(signal, signal_name))
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, "".join(lines) + output
     assert "Traceback" not in "".join(lines) + output

@@ -68,23 +68,28 @@ def spin_node(node_factory, args=None, num_threads: int = 4, short_gil_switch: b
         shorten_gil_switch_interval()
     rclpy.init(args=args)
     node = None
-    executor = None
+    # Made before the node: a Ctrl-C while the node starts (e.g. loads a model) then finds the
+    # executor whole, and nothing half-built is left to the garbage collector.
+    executor = rclpy.executors.MultiThreadedExecutor(num_threads=num_threads)
     try:
         node = node_factory()
-        executor = rclpy.executors.MultiThreadedExecutor(num_threads=num_threads)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as error:  # a start-up error (bad checkpoint, bad config): say it, no traceback
+        if not rclpy.ok():
+            return 0  # Ctrl-C/SIGTERM during start-up shut the context down under us: a clean stop
         name = getattr(node, "get_name", lambda: "node")()
         print(f"[{name}] fatal: {error}", file=sys.stderr)
         return 1
     finally:
         # Shut the executor down explicitly: left to the garbage collector at exit, its SIGINT guard
         # condition is destroyed after the context and prints a traceback on some runs.
-        if executor is not None:
+        try:
             executor.shutdown(timeout_sec=5.0)
+        except Exception:  # noqa: BLE001 - already stopping; nothing useful to report
+            pass
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
