@@ -348,13 +348,12 @@ class PolicyNode(Node):
                 stamp=max(item.stamp for item in snapshot.values()),
             )
             result = self.runner.step(observation, settings)
-            # The newest input's own stamp, unchanged (no float round trip): the step's time.
-            newest = max(snapshot.values(), key=lambda item: item.stamp)
-            stamp = newest.source_stamp or rclpy.time.Time(seconds=result.stamp).to_msg()
-            # And every input's own stamp: a frame stamped before the newest input may still
-            # have been in flight when this step began, so "newest <= stamp" alone is ambiguous.
+            # Every input's own stamp, unchanged (no float round trip): a frame stamped before the
+            # newest input may still have been in flight when this step began, so a replay needs
+            # them all. The newest one is the step's time.
             inputs = {name: item.source_stamp or rclpy.time.Time(seconds=item.stamp).to_msg()
                       for name, item in snapshot.items()}
+            stamp = inputs[max(snapshot, key=lambda name: snapshot[name].stamp)]
             self._publish_step(result, images, settings, motion_enabled, stamp, inputs)
         except Exception as error:  # noqa: BLE001 - a failed step must never take the node down
             if isinstance(error, ImageConversionError):

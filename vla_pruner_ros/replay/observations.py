@@ -135,8 +135,8 @@ class _Series:
 
     def exact(self, stamp_ns: int) -> int | None:
         """Index of the message stamped exactly stamp_ns (the later logged on ties), else None."""
-        position = bisect.bisect_right(self.stamps, stamp_ns)
-        return position - 1 if position and self.stamps[position - 1] == stamp_ns else None
+        index = self.latest(stamp_ns)
+        return index if index is not None and self.stamps[index] == stamp_ns else None
 
 
 def _stamp_ns(header, log_ns: int) -> int:

@@ -35,12 +35,13 @@ class ReplayConfig:
 
     methods: tuple[str, ...] = ("none", "fastv", "vla_pruner")
     keep_ratios: tuple[float, ...] = (0.5, 0.25, 0.125)
-    prune_layer: int = 3
-    window: int = 3
-    decay: float = 0.8
-    smoothing: str = "window"
-    ema_alpha: float = 0.5
-    seed: int = 0
+    # The node's defaults, so that a replay runs what the node runs unless told otherwise.
+    prune_layer: int = NodeSettings.prune_layer
+    window: int = NodeSettings.window
+    decay: float = NodeSettings.decay
+    smoothing: str = NodeSettings.smoothing
+    ema_alpha: float = NodeSettings.ema_alpha
+    seed: int = NodeSettings.seed
     analysis_layers: str = "pruner"  # see attention.analysis_layers
 
     def __post_init__(self):

@@ -113,7 +113,6 @@ def run(args) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException
     from rclpy.signals import SignalHandlerOptions
 
     from vla_pruner_ros.tools.monitor import DemoMonitor
@@ -126,8 +125,14 @@ def run(args) -> int:
     # (a race that surfaces as a random RCLError). Ctrl-C and SIGTERM ask the loop to stop, then the
     # nodes are stopped in order. (Set explicitly: a shell starts background jobs with SIGINT ignored.)
     stop = threading.Event()
+    signalled: list[int] = []
+
+    def request_stop(signum, frame) -> None:
+        signalled.append(signum)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda received, frame: stop.set())
+        signal.signal(signum, request_stop)
     # The monitor subscribes before the nodes start, so that it sees the policy's first steps.
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     instruction = overrides.get("instruction") or _instruction_in(policy_spec.parameters[0], policy_spec.name)
@@ -151,9 +156,9 @@ def run(args) -> int:
                 line = sys.stdin.readline().strip()
                 if line:
                     monitor.send_instruction(line)
-    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C, or the context shut down elsewhere
-        print()
     finally:
+        if signalled:
+            print()  # past the terminal's "^C"
         print("[demo] stopping nodes ...")
         children.stop()
         monitor.print_summary()
