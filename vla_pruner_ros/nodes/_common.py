@@ -53,6 +53,7 @@ class RateLimitedLogger:
 # executor thread is busy (camera and joint-state callbacks), every release can cost the step a full
 # interval (a convoy: measured 6.8 s per tiny-checkpoint step in one busy process, 0.15 s with
 # 0.5 ms). A short interval keeps the step thread's waits short; the cost is more frequent switches.
+# The policy node sets it when it is created, so every process that hosts one gets it.
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
@@ -62,10 +63,8 @@ def shorten_gil_switch_interval(seconds: float = GIL_SWITCH_INTERVAL_S) -> None:
         sys.setswitchinterval(seconds)
 
 
-def spin_node(node_factory, args=None, num_threads: int = 4, short_gil_switch: bool = False) -> int:
+def spin_node(node_factory, args=None, num_threads: int = 4) -> int:
     """Create a node, spin it with a multi-threaded executor, shut down cleanly on Ctrl-C."""
-    if short_gil_switch:
-        shorten_gil_switch_interval()
     rclpy.init(args=args)
     node = None
     # Made before the node: a Ctrl-C while the node starts (e.g. loads a model) then finds the

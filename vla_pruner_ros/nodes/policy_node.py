@@ -49,7 +49,7 @@ from vla_pruner_ros.control.runner import Observation, PolicyRunner, StepResult,
 from vla_pruner_ros.model.processing_oft import CENTER_CROP_AREA
 from vla_pruner_ros.msg import PrunerStats, RetainedTokenMask
 
-from ._common import RateLimitedLogger, descriptor, spin_node, stamp_to_seconds
+from ._common import RateLimitedLogger, descriptor, shorten_gil_switch_interval, spin_node, stamp_to_seconds
 
 VIEWS = ("fixed", "wrist")
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
@@ -76,6 +76,9 @@ STARTUP_PARAMETERS = {
 class PolicyNode(Node):
     def __init__(self, policy=None, node_name: str = "vla_pruner_policy", **kwargs):
         super().__init__(node_name, **kwargs)
+        # Whatever process hosts this node (its own, the soak, a test, a composition), its torch
+        # step must not wait on GIL hand-overs behind the executor threads (see _common).
+        shorten_gil_switch_interval()
         self._log = RateLimitedLogger(self.get_logger())
         for name, (default, text) in STARTUP_PARAMETERS.items():
             self.declare_parameter(name, default, descriptor(text, read_only=True))
@@ -482,7 +485,7 @@ class PolicyNode(Node):
 
 
 def main(args=None) -> int:
-    return spin_node(PolicyNode, args, short_gil_switch=True)
+    return spin_node(PolicyNode, args)
 
 
 if __name__ == "__main__":

@@ -68,14 +68,8 @@ def run(args) -> int:
     from vla_pruner_ros.nodes.sim_cameras import SimCamerasNode
     from vla_pruner_ros.nodes.sim_xarm6 import SimXArm6Node
 
-    from vla_pruner_ros.nodes._common import shorten_gil_switch_interval
-
     if args.steps < 10:
         raise SystemExit("--steps must be at least 10")
-    # One process holds the sims, the policy node and the monitor: as in the policy node's own
-    # process, keep the step thread from waiting on GIL hand-overs (see _common).
-    previous_switch_interval = sys.getswitchinterval()
-    shorten_gil_switch_interval()
     checkpoint = args.checkpoint or default_checkpoint()
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -146,7 +140,6 @@ def run(args) -> int:
     for n in (monitor, node, cameras, arm):
         n.destroy_node()
     rclpy.try_shutdown(context=context)
-    sys.setswitchinterval(previous_switch_interval)
 
     samples = record["samples"]
     warm_step = int(args.steps * args.warmup_fraction)
