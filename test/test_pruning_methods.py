@@ -18,7 +18,8 @@ from vla_pruner_ros.pruning import (
 
 NUM_TOKENS, NUM_LAYERS, WIDTH = 24, 8, 6
 EXPECTED_GROUPS = {
-    "none": (), "vla_pruner": ("vl",), "fastv": ("all",), "sparsevlm": ("text",), "prefill_only": ("vl",),
+    "none": (), "vla_pruner": ("vl",), "fastv": ("prefix",), "fastv_last": ("last",), "fastv_all_rows": ("all",),
+    "sparsevlm": ("text",), "prefill_only": ("vl",),
     "action_only": (), "score_fusion": ("vl",), "divprune": (), "random": (),
 }
 HISTORY_METHODS = {"vla_pruner", "action_only", "score_fusion"}
@@ -31,7 +32,8 @@ def run_episode(pruner, steps, seed=0, num_tokens=NUM_TOKENS):
     for _ in range(steps):
         plan = pruner.plan(num_visual_tokens=num_tokens, num_layers=NUM_LAYERS)
         features = torch.randn(num_tokens, WIDTH, generator=generator)
-        scores = {group: torch.rand(num_tokens, generator=generator) for group in ("vl", "all", "text")}
+        scores = {group: torch.rand(num_tokens, generator=generator)
+                  for group in ("vl", "prefix", "last", "all", "text")}
         action_scores = torch.rand(num_tokens, generator=generator)
         observed = torch.ones(num_tokens, dtype=torch.bool)
         selection = None
@@ -109,7 +111,8 @@ def test_vla_pruner_with_ema_and_carry_uses_that_history():
         shadow.update(record["action_scores"], record["observed"])
 
 
-@pytest.mark.parametrize("method, group", [("fastv", "all"), ("sparsevlm", "text"), ("prefill_only", "vl")])
+@pytest.mark.parametrize("method, group", [("fastv", "prefix"), ("fastv_last", "last"), ("fastv_all_rows", "all"),
+                                           ("sparsevlm", "text"), ("prefill_only", "vl")])
 def test_prefill_methods_keep_the_top_of_their_group(method, group):
     records = run_episode(make_pruner(PrunerConfig(method=method, keep_ratio=0.25)), steps=3)
     for record in records:

@@ -67,6 +67,8 @@ def test_layout_rows_of_each_group():
     assert layout.rows("text").tolist() == [6, 7, 8]
     assert layout.rows("action").tolist() == [8, 9, 10, 11]  # '▁' + first 3 placeholders
     assert layout.rows("vl").tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 13]  # not the action rows, not row 12
+    assert layout.rows("prefix").tolist() == [0, 1, 2, 3, 4, 5, 6, 7]  # everything before the action rows
+    assert layout.rows("last").tolist() == [7]  # the prompt row before '▁'
     no_proprio = SequenceLayout(num_visual=4, num_prompt=3, num_action=4, has_proprio=False)
     assert no_proprio.rows("text").tolist() == [5, 6, 7] and no_proprio.length == 13
 

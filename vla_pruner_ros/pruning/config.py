@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from .registry import method_names
+
 SMOOTHING_KINDS = ("window", "ema")
 UNOBSERVED_POLICIES = ("zero", "carry")
 _MAX_SEED = 2**63 - 1
@@ -88,10 +90,9 @@ class PrunerConfig:
     seed: int = 0
 
     def __post_init__(self):
-        from .methods import METHODS  # the registry lives with the methods; imported late (cycle)
-
-        if self.method not in METHODS:
-            raise ValueError(f"PrunerConfig.method={self.method!r} is invalid: expected one of {METHODS}")
+        methods = method_names()
+        if self.method not in methods:
+            raise ValueError(f"PrunerConfig.method={self.method!r} is invalid: expected one of {methods}")
         if not isinstance(self.enabled, bool):
             raise ValueError(f"PrunerConfig.enabled={self.enabled!r} is invalid: expected True or False")
         _check_unit_interval("keep_ratio", self.keep_ratio, low_open=True)

@@ -8,7 +8,8 @@
     pruner.reset()                                               # new episode / instruction
 
 A method is one subclass of `Pruner` that sets a few class attributes and implements `_choose`;
-decorating it with `@register("name")` makes it selectable.  Adding a method touches this file only.
+decorating it with `@register("name")` makes it selectable.  Adding a method touches this file only
+(the name table itself lives in `registry.py`, which `config.py` reads to validate names).
 """
 from __future__ import annotations
 
@@ -19,25 +20,15 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .config import PrunerConfig
+from .registry import method_class, method_names, register
 from .selection import dual_level_pools, min_redundancy_filter, topk_indices
 from .temporal import EMA, DecayingWindow
-
-_REGISTRY: Dict[str, type] = {}
 
 # every Selection.diagnostics has exactly these keys, so rows of any method tabulate together
 DIAGNOSTIC_KEYS = (
     "method", "pruned", "warmup", "num_visual", "budget", "num_kept",
     "pool_vl", "pool_act", "pool_dual", "pool_ratio", "overlap_vl_act", "select_ms",
 )
-
-
-def register(name: str):
-    def decorate(cls):
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
 
 
 @dataclass(frozen=True)
@@ -246,7 +237,27 @@ class _TopKByPrefill(Pruner):
 
 @register("fastv")
 class FastV(_TopKByPrefill):
-    """FastV: Top-M~ of the attention each visual token receives from all query rows at layer K-1."""
+    """FastV as the paper and the authors' OFT code run it: Top-M~ of the attention each visual token
+    receives at layer K-1 from the rows BEFORE the action rows (query group "prefix": BOS, visual,
+    proprio, prompt without its final `▁`).  A purely semantic selector: no action row is read."""
+
+    prefill_groups = ("prefix",)
+
+
+@register("fastv_last")
+class FastVLast(_TopKByPrefill):
+    """FastV's official score: Top-M~ of the attention of the LAST token before the action rows (the
+    prompt row before `▁`; query group "last") at layer K-1."""
+
+    prefill_groups = ("last",)
+
+
+@register("fastv_all_rows")
+class FastVAllRows(_TopKByPrefill):
+    """OFT-specific, NOT FastV: Top-M~ of the attention from ALL rows at layer K-1 (query group
+    "all").  OFT attends bidirectionally, so the 56 action placeholders are among the rows and this
+    score already holds the current step's action-to-vision attention: an action-aware selector
+    (this was `fastv` before the baselines were renamed)."""
 
     prefill_groups = ("all",)
 
@@ -264,7 +275,9 @@ class SparseVLM(_TopKByPrefill):
 
 @register("prefill_only")
 class PrefillOnly(_TopKByPrefill):
-    """Ablation: Top-M~ of S_vl (vision-language prefill attention), no action level, no diversity."""
+    """Ablation: Top-M~ of S_vl (vision-language prefill attention), no action level, no diversity.
+
+    S_vl's rows ("vl") are `fastv`'s ("prefix") plus the `</s>` row, so the two rank almost alike."""
 
     prefill_groups = ("vl",)
 
@@ -335,7 +348,7 @@ class RandomPruning(Pruner):
         return kept.to(device), {}
 
 
-METHODS: Tuple[str, ...] = tuple(_REGISTRY)
+METHODS: Tuple[str, ...] = method_names()  # the built-in methods (the registry may grow later)
 
 
 def make_pruner(config: Optional[PrunerConfig] = None) -> Pruner:
@@ -343,4 +356,4 @@ def make_pruner(config: Optional[PrunerConfig] = None) -> Pruner:
     config = PrunerConfig() if config is None else config
     if not isinstance(config, PrunerConfig):
         raise ValueError(f"config={config!r} is invalid: expected a PrunerConfig")
-    return _REGISTRY["none" if not config.enabled else config.method](config)
+    return method_class("none" if not config.enabled else config.method)(config)

@@ -23,7 +23,15 @@ Which query rows count (`SequenceLayout.rows(group)`, sequence layout of docs/CO
   `▁` row and the first chunk*action_dim - 1 placeholders (OFT reads one position to the left).
   OFT attention is bidirectional, so these rows see the visual tokens in every layer; the paper
   averages S_act over the latter half of the layers (PrunerConfig.action_layers).
-* "all" -- every row: FastV's "attention a token receives".
+* "prefix" -- every row BEFORE the action rows: BOS, the M visual rows, the proprio row and the
+  prompt without its final `▁`.  FastV as the paper and the authors' OFT code define it for OFT
+  (their prefill score averages the rows before the action readout positions).  Equals "vl" minus
+  the `</s>` row.
+* "last" -- the single last row before the action rows (the prompt row before `▁`): FastV's own
+  score, the attention of the last prompt token (in a causal LLM, the token that generates).
+* "all" -- every row, the action rows included.  NOT FastV for OFT: attention is bidirectional, so
+  the placeholder rows already attend to the visual tokens in layer K-1 and this score holds the
+  current step's action-to-vision attention (method `fastv_all_rows`, an OFT-specific selector).
 * "text" -- the P prompt rows (without BOS): SparseVLM-style text-to-vision relevance.
 """
 from __future__ import annotations
@@ -34,7 +42,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-QUERY_GROUPS = ("vl", "all", "text", "action")
+QUERY_GROUPS = ("vl", "prefix", "last", "all", "text", "action")
 RowsLike = Union[torch.Tensor, slice, Sequence[int]]
 
 
@@ -86,6 +94,10 @@ class SequenceLayout:
         every_row = torch.arange(self.length)
         if group == "all":
             return every_row
+        if group == "prefix":
+            return every_row[: self.action_rows.start]
+        if group == "last":
+            return every_row[self.action_rows.start - 1: self.action_rows.start]
         if group == "text":
             return every_row[self.prompt]
         if group == "action":

@@ -56,7 +56,8 @@ def make_inputs(num_visual: int, width: int, steps: int, device, dtype, generato
     for _ in range(steps):
         cluster = torch.randint(0, 32, (num_visual,), generator=generator)
         features = centres[cluster] + 0.5 * torch.randn(num_visual, width, generator=generator)
-        prefill = {g: (2.0 * torch.randn(num_visual, generator=generator)).softmax(0) for g in ("vl", "all", "text")}
+        prefill = {g: (2.0 * torch.randn(num_visual, generator=generator)).softmax(0)
+                   for g in ("vl", "prefix", "last", "all", "text")}
         action = (3.0 * torch.randn(num_visual, generator=generator)).softmax(0)
         inputs.append(dict(
             features=features.to(device=device, dtype=dtype),
