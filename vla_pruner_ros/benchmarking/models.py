@@ -20,6 +20,7 @@ import torch
 from ..model.checkpoint import PRESETS, CheckpointInfo, preset_config
 from ..model.modeling_oft import OFTForActionPrediction
 from ..model.policy import DEFAULT_VIEW_NAMES, Policy
+from ..model.precision import resolve_dtype
 from ..model.processing_oft import DEFAULT_MAX_INSTRUCTION_TOKENS, load_tokenizer
 from ..model.tokenization_oft import LLAMA2_NUM_PIECES, build_tokenizer, save_tokenizer_files
 
@@ -28,8 +29,9 @@ INSTRUCTION = "pick up the red block and put it in the basket"
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """What ``load_policy`` uses: bfloat16 on CUDA, float32 elsewhere."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    """What ``load_policy`` uses for ``dtype: auto``: bfloat16 on CUDA and on a CPU with native bf16,
+    float32 elsewhere (``model.precision.resolve_dtype``)."""
+    return resolve_dtype("auto", device).dtype
 
 
 @torch.no_grad()
@@ -75,7 +77,8 @@ def random_policy(preset: str, device: str | torch.device = "cpu", dtype: torch.
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r}: expected one of {sorted(PRESETS)}")
     device = torch.device(device)
-    dtype = dtype or default_dtype(device)
+    choice = resolve_dtype(dtype, device)
+    dtype = choice.dtype
     spec = PRESETS[preset]
     if spec.timm_overrides is None and device.type != "cuda":
         raise ValueError(f"preset={preset!r} has the real sizes (7.5 B parameters): it runs with --device cuda "
@@ -104,7 +107,7 @@ def random_policy(preset: str, device: str | torch.device = "cpu", dtype: torch.
         f"wrist_{i}" for i in range(len(DEFAULT_VIEW_NAMES), spec.num_images))
     return Policy(model, info, tokenizer, UNNORM_KEY, device, dtype, view_names, center_crop=False,
                   normalization_type="bounds_q99", max_instruction_tokens=DEFAULT_MAX_INSTRUCTION_TOKENS,
-                  profile=profile)
+                  profile=profile, dtype_reason=choice.reason)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from ..model.modeling_llama import SCORE_CAPTURE_EVENT
 from ..model.policy import Policy, load_policy
 from ..pruning import METHODS, PrunerConfig
 from .flops import count_flops, llama_decoder_flops, paper_llm_flops
-from .models import INSTRUCTION, default_dtype, make_observations, random_policy
+from .models import INSTRUCTION, make_observations, random_policy
 from .timing import run_interleaved, summarize
 
 SCHEMA = "vla-pruner-bench/1"
@@ -58,7 +58,7 @@ class BenchSettings:
     steps: int = 20  # timed repetitions (each runs every configuration once)
     warmup: int = 5  # untimed steps per configuration after the pruner's own warm-up
     device: str = "cpu"
-    dtype: str | None = None  # None: bfloat16 on CUDA, float32 elsewhere
+    dtype: str | None = None  # None or "auto": bf16 on CUDA / a CPU with native bf16, else float32
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     seed: int = 0
     observations: int = 4  # distinct seeded observations, cycled
@@ -82,6 +82,8 @@ class BenchSettings:
             raise ValueError(f"BenchSettings.keep_ratios={self.keep_ratios}: expected one or more ratios in (0, 1)")
         if len(set(self.keep_ratios)) != len(self.keep_ratios):
             raise ValueError(f"BenchSettings.keep_ratios={self.keep_ratios}: ratios repeat")
+        if self.dtype == "auto":
+            object.__setattr__(self, "dtype", None)
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"BenchSettings.dtype={self.dtype!r}: expected one of {sorted(DTYPES)} or None")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
@@ -109,9 +111,9 @@ def config_name(method: str, keep_ratio: float | None) -> str:
 # ------------------------------------------------------------------------------------ running
 def build_policy(settings: BenchSettings) -> Policy:
     device = torch.device(settings.device)
-    dtype = DTYPES[settings.dtype] if settings.dtype else default_dtype(device)
+    dtype = DTYPES[settings.dtype] if settings.dtype else None  # None: auto (model.precision)
     if settings.checkpoint is not None:
-        return load_policy(settings.checkpoint, device=device, dtype=dtype)
+        return load_policy(settings.checkpoint, device=device, dtype=dtype, announce=False)
     return random_policy(settings.preset, device=device, dtype=dtype, seed=settings.seed)
 
 
@@ -142,6 +144,7 @@ def run_benchmark(settings: BenchSettings, progress: bool = True,
 
     log(f"building {settings.checkpoint or settings.preset} on {device} ...")
     base = build_policy(settings)
+    log(f"dtype {base.dtype_choice.describe()}")
     observations = make_observations(base, settings.observations, seed=settings.seed)
     configurations = make_configurations(base, settings)
 
@@ -179,7 +182,8 @@ def run_benchmark(settings: BenchSettings, progress: bool = True,
         "schema": SCHEMA,
         "settings": {**asdict(settings), "methods": list(settings.methods),
                      "keep_ratios": list(settings.keep_ratios), "instruction": INSTRUCTION},
-        "machine": machine_description(device, base.dtype, load_before, _load_average()),
+        "machine": machine_description(device, base.dtype, load_before, _load_average(),
+                                       base.dtype_choice.reason),
         "model": model_description(base, settings, configurations[0].extra["flops_output"]),
         "rows": rows,
         "targets": evaluate_targets(rows),
@@ -357,7 +361,8 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_description(device: torch.device, dtype: torch.dtype, load_before=None, load_after=None) -> dict[str, Any]:
+def machine_description(device: torch.device, dtype: torch.dtype, load_before=None, load_after=None,
+                        dtype_reason: str | None = None) -> dict[str, Any]:
     try:
         usable_cores = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -372,6 +377,7 @@ def machine_description(device: torch.device, dtype: torch.dtype, load_before=No
         "platform": platform.platform(),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
+        "dtype_reason": dtype_reason,
         "load_average_before": load_before,
         "load_average_after": load_after,
     }

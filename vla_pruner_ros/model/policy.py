@@ -1,6 +1,6 @@
 """The OpenVLA-OFT policy with the VLA-Pruner hook: ``load_policy`` -> ``Policy.predict``.
 
-    policy = load_policy("checkpoints/tiny")                  # float32 on CPU, bf16 on CUDA
+    policy = load_policy("checkpoints/tiny")      # dtype auto: bf16 on CUDA / a CPU with native bf16, else float32
     policy.set_pruner(PrunerConfig(method="vla_pruner", keep_ratio=0.25))
     out = policy.predict(images={"fixed": rgb, "wrist": rgb2}, proprio=q, instruction="pick up the cube")
     out.actions                                              # (chunk, action_dim) float64
@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import torch
 from ..pruning import PrunerConfig, make_pruner
 from .checkpoint import load_checkpoint, validate_unnorm_key
 from .modeling_llama import PruneRequest
+from .precision import DtypeChoice, resolve_dtype
 from .processing_oft import (
     DEFAULT_MAX_INSTRUCTION_TOKENS,
     NORMALIZATION_TYPES,
@@ -90,10 +92,11 @@ class Policy:
 
     def __init__(self, model, info, tokenizer, unnorm_key: str, device: torch.device, dtype: torch.dtype,
                  view_names: tuple[str, ...], center_crop: bool, normalization_type: str,
-                 max_instruction_tokens: int, profile: bool) -> None:
+                 max_instruction_tokens: int, profile: bool, dtype_reason: str = "requested") -> None:
         self.model, self.info, self.tokenizer = model, info, tokenizer
         self.config = info.config
         self.device, self.dtype = device, dtype
+        self.dtype_choice = DtypeChoice(dtype, dtype_reason)  # what it runs in, and why (printed at load)
         self.view_names = view_names
         self.unnorm_key = unnorm_key
         self.normalization_type = normalization_type
@@ -302,25 +305,26 @@ class Policy:
         )
 
 
-def load_policy(path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+def load_policy(path: str | os.PathLike, device: str | torch.device | None = None,
+                dtype: torch.dtype | str | None = None,
                 chunk_length: int | None = None, num_images: int | None = None, unnorm_key: str | None = None,
                 view_names: tuple[str, ...] | None = None, center_crop: bool | None = None,
                 normalization_type: str | None = None,
                 max_instruction_tokens: int = DEFAULT_MAX_INSTRUCTION_TOKENS, profile: bool = False,
-                pruner: PrunerConfig | None = None) -> Policy:
+                pruner: PrunerConfig | None = None, announce: bool = True) -> Policy:
     """Load an OFT checkpoint directory as a ``Policy``; nothing is fetched from a hub.
 
-    device: default CUDA when available, else CPU. dtype: default bfloat16 on CUDA, float32 on CPU.
+    device: default CUDA when available, else CPU. dtype: a torch dtype, its name, or None / "auto":
+    bfloat16 on CUDA and on a CPU that reports native bf16 (avx512_bf16 / AMX), float32 on any other
+    CPU (see ``precision.resolve_dtype``). ``announce``: print the dtype and why to stderr.
     chunk_length / num_images / unnorm_key / center_crop / normalization_type: not in real
     config.json files; default to the checkpoint's ``vla_pruner_oft.json`` when present, else chunk 8,
     2 views, the only statistics key (several keys: unnorm_key is required), no center crop,
     "bounds_q99". view_names: names of the image views, default ("fixed", "wrist")[:num_images].
     """
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype={dtype!r}: expected a floating torch.dtype")
+    choice = resolve_dtype(dtype, device)
+    dtype = choice.dtype
     loaded = load_checkpoint(path, device=device, dtype=dtype, chunk_length=chunk_length, num_images=num_images)
     info = loaded.info
     key = validate_unnorm_key(info, unnorm_key)
@@ -341,7 +345,9 @@ def load_policy(path: str | os.PathLike, device: str | torch.device | None = Non
         raise ValueError(f"{info.path}: the tokenizer has {len(tokenizer)} ids, more than the embedding table's "
                          f"{info.config.text_config.vocab_size}")
     policy = Policy(loaded.model, info, tokenizer, key, device, dtype, view_names, center_crop,
-                    normalization_type, max_instruction_tokens, profile)
+                    normalization_type, max_instruction_tokens, profile, dtype_reason=choice.reason)
+    if announce:
+        print(f"vla-pruner: policy {info.path} runs in {choice.describe()} on {device}", file=sys.stderr, flush=True)
     if pruner is not None:
         policy.set_pruner(pruner)
     return policy

@@ -59,7 +59,8 @@ STARTUP_PARAMETERS = {
     "checkpoint": ("", "OFT checkpoint directory (local path)."),
     "robot_config": ("", "Robot config YAML (joints, limits, action mapping); default config/xarm6.yaml."),
     "device": ("auto", "Torch device: auto, cpu, cuda, cuda:N."),
-    "dtype": ("auto", "auto (bf16 on CUDA, float32 on CPU), float32, bfloat16 or float16."),
+    "dtype": ("auto", "auto (bf16 on CUDA and on a CPU with native bf16, i.e. avx512_bf16/AMX; else float32), float32, "
+               "bfloat16 or float16."),
     "unnorm_key": ("", "dataset_statistics.json key used to un-normalise actions."),
     "chunk_length": (0, "Actions per chunk; 0: the checkpoint's (real OFT checkpoints do not record it: LIBERO 8)."),
     "center_crop": ("auto", "auto (the checkpoint's), true or false: OFT's test-time center crop."),

@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=5,
                         help="untimed steps per configuration after the pruner's own warm-up (default: 5)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--dtype", choices=("auto", *sorted(DTYPES)), default="auto",
+                        help="auto (default): bfloat16 on CUDA and on a CPU with native bf16 "
+                             "(avx512_bf16/AMX), float32 otherwise")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="weights and inputs seed")
     parser.add_argument("--no-capture-profile", action="store_true",

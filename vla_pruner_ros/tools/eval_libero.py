@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--keep", default=DEFAULT_KEEP, help=f"comma-separated keep ratios (default {DEFAULT_KEEP})")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
-                        help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
+                        help="model dtype (default auto: bfloat16 on CUDA and on a CPU with native bf16, else float32)")
     parser.add_argument("--out", default=None, help="results folder (default artifacts/libero/<suite>)")
     parser.add_argument("--unnorm-key", default=None,
                         help="dataset-statistics key (default: <suite>, else <suite>_no_noops)")
