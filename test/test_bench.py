@@ -19,7 +19,8 @@ from vla_pruner_ros.tools import bench, cli
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "tiny.json"
     parser = bench.add_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["--preset", "tiny", "--steps", "2", "--warmup", "1", "--json", str(out), "--quiet"])
+    args = parser.parse_args(["--preset", "tiny", "--steps", "2", "--warmup", "1", "--json", str(out), "--quiet",
+                              "--peak-seconds", "0.02"])
     assert bench.run(args) == 0
     return json.loads(out.read_text())
 
@@ -40,7 +41,8 @@ def test_machine_and_model_are_described(report):
     machine, model = report["machine"], report["model"]
     for key in ("cpu", "usable_cores", "torch", "torch_threads", "device", "dtype"):
         assert machine[key] not in (None, "")
-    assert machine["device"] == "cpu" and machine["dtype"] == "float32"
+    assert machine["device"] == "cpu" and machine["dtype"] == "float32"  # the session pins dtype auto
+    assert machine["dtype_reason"] == "auto, pinned by VLA_PRUNER_AUTO_DTYPE"
     assert (model["preset"], model["llm_layers"], model["hidden_size"], model["num_visual"]) == ("tiny", 6, 64, 512)
     assert model["seq_len"] > model["num_visual"]
 
@@ -126,13 +128,27 @@ def test_analytic_eq13_ratio_is_reported_next_to_the_measured_one(report):
             assert analytic["ratio"] < 1.0 and abs(analytic["ratio"] - row["llm_flops_ratio"]) < 0.1
 
 
+def test_achieved_flops_are_reported_against_the_measured_gemm_peak(report):
+    peak = report["gemm_peak"]
+    assert peak["dtype"] == "float32" and peak["gflops"] > 0
+    assert peak["gflops"] == max(shape["gflops"] for shape in peak["shapes"])
+    best = next(s for s in peak["shapes"] if s["gflops"] == peak["gflops"])
+    assert peak["best"] == f"{best['rows']}x{best['inner']}x{best['cols']} ({best['where']})"
+    for row in report["rows"]:
+        assert row["gflops_per_s"] == pytest.approx(row["flops"]["total"] / (row["ms"]["median"] / 1e3) / 1e9)
+        assert row["peak_fraction"] == pytest.approx(row["gflops_per_s"] / peak["gflops"])
+
+
 def test_targets_are_checked_for_every_vla_pruner_ratio(report):
     checks = report["targets"]["checks"]
     assert {(c["keep_ratio"], c["target"]) for c in checks} == {
-        (k, t) for k in DEFAULT_KEEP_RATIOS for t in ("efficiency", "ms_vs_fastv", "select_pct")}
+        (k, t) for k in DEFAULT_KEEP_RATIOS for t in ("efficiency", "ms_vs_fastv", "select_pct")} | {
+        (None, "peak_fraction")}
     for check in checks:
-        assert check["met"] == (check["value"] >= check["limit"] if check["target"] == "efficiency"
+        assert check["met"] == (check["value"] >= check["limit"] if check["target"] in ("efficiency", "peak_fraction")
                                 else check["value"] <= check["limit"])
+    peak_check = next(c for c in checks if c["target"] == "peak_fraction")
+    assert peak_check["limit"] == 0.80 and peak_check["value"] == rows_by_name(report)["none"]["peak_fraction"]
     assert report["targets"]["limits"] == TARGETS
     assert report["targets"]["all_met"] == all(c["met"] for c in checks)
 
@@ -142,6 +158,7 @@ def test_the_printed_report_has_both_tables(report, capsys):
 
     text = format_report(report)
     assert "vla_pruner@0.125" in text and "LLM speed-up" in text and "Eq.13 %" in text and "targets" in text
+    assert "% peak" in text and "GEMM peak (float32" in text
 
 
 def test_cli_mounts_the_command_and_rejects_bad_options(capsys):

@@ -130,6 +130,35 @@ def test_random_policy_honours_the_dtype_and_refuses_oft7b_off_cuda():
         random_policy("huge")
 
 
+def test_gemm_shapes_are_the_models_linear_layers(tiny_policy):
+    from vla_pruner_ros.benchmarking.flops import llama_layer_flops
+    from vla_pruner_ros.benchmarking.peak import model_gemm_shapes
+
+    shapes = {s.where: s for s in model_gemm_shapes(tiny_policy, rows=601)}
+    text = tiny_policy.config.text_config
+    # q/k/v, o, gate/up, down at 601 rows = one layer's FLOPs without the attention matmuls
+    llm = sum(shapes[w].flops for w in ("llm q/k/v", "llm o", "llm gate/up", "llm down"))
+    attention = 2 * 2 * text.num_attention_heads * 601 * 601 * (text.hidden_size // text.num_attention_heads)
+    assert llm == llama_layer_flops(601, text.hidden_size, text.intermediate_size, text.num_attention_heads,
+                                    text.num_attention_heads, text.hidden_size // text.num_attention_heads) - attention
+    tower = tiny_policy.model.vision_backbone.featurizer
+    qkv = shapes["dinov2 qkv"]
+    assert (qkv.rows, qkv.inner, qkv.cols) == (2 * (256 + tower.num_prefix_tokens), 64, 3 * 64)
+    assert shapes["projector fc1"].inner == tiny_policy.model.projector.fc1.in_features
+
+
+def test_gemm_peak_is_the_best_shape_rate():
+    from vla_pruner_ros.benchmarking.peak import GemmShape, measure_gemm_peak
+
+    small, large = GemmShape(8, 8, 8, "small"), GemmShape(128, 256, 256, "large")
+    peak = measure_gemm_peak([small, large], torch.float32, seconds_per_shape=0.02)
+    rates = {s["where"]: s["gflops"] for s in peak.shapes}
+    assert peak.gflops == max(rates.values()) and all(r > 0 for r in rates.values())
+    assert peak.best.endswith(f"({max(rates, key=rates.get)})") and peak.dtype == "float32"
+    with pytest.raises(ValueError, match="shapes is empty"):
+        measure_gemm_peak([], torch.float32)
+
+
 def test_forks_share_weights_but_not_pruner_state(tiny_policy):
     observation = make_observations(tiny_policy, 1)[0]
     config = PrunerConfig(method="vla_pruner", keep_ratio=0.25, window=2)
@@ -151,6 +180,7 @@ def test_forks_share_weights_but_not_pruner_state(tiny_policy):
     ({"keep_ratios": (0.5, 0.5)}, "ratios repeat"),
     ({"dtype": "int8"}, "BenchSettings.dtype='int8'"),
     ({"threads": 0}, "BenchSettings.threads=0"),
+    ({"peak_seconds": 0}, "BenchSettings.peak_seconds=0"),
 ])
 def test_settings_name_the_bad_field(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -37,8 +37,12 @@ def describe_run(result: dict[str, Any]) -> str:
         f"visual tokens, {model['seq_len']} rows, chunk {model['chunk_length']}x{model['action_dim']}, "
         f"{model['parameters'] / 1e6:.1f} M parameters, weights {model['weights']}",
         f"machine: {machine['cpu']} ({machine['usable_cores']} usable cores), torch {machine['torch']}, "
-        f"{machine['torch_threads']} threads, device {machine['device']}{gpu}, {machine['dtype']}; "
+        f"{machine['torch_threads']} threads, device {machine['device']}{gpu}, {machine['dtype']}"
+        f"{' (' + machine['dtype_reason'] + ')' if machine.get('dtype_reason') else ''}; "
         f"load average {machine['load_average_before']} -> {machine['load_average_after']}",
+        *([f"GEMM peak ({peak['dtype']}, {peak['threads']} threads, best of the model's {len(peak['shapes'])} "
+           f"linear-layer shapes): {peak['gflops']:.1f} GFLOP/s at {peak['best']}"]
+          if (peak := result.get("gemm_peak")) else []),
         f"timing: {settings['steps']} interleaved repetitions per configuration after "
         f"{settings['warmup']} warm-up steps (+ the pruner's history window); ms = median of the whole "
         f"predict(), spread = IQR",
@@ -49,7 +53,7 @@ def format_table(result: dict[str, Any]) -> str:
     """The main table and the LLM/overhead table."""
     rows = result["rows"]
     main_header = ["config", "kept", "ms", "IQR", "speed-up", "FLOPs %", "limit", "eff.",
-                   "vs FastV", "select ms", "select %", "capture ms"]
+                   "vs FastV", "select ms", "select %", "capture ms", "GFLOP/s", "% peak"]
     main = []
     for r in rows:
         main.append([
@@ -58,7 +62,8 @@ def format_table(result: dict[str, Any]) -> str:
             _fmt(r["efficiency"], ".2f"), _fmt(r["ms_vs_fastv"], ".3f"),
             _fmt(r["select_ms"], ".2f") if r["keep_ratio"] is not None else "-",
             _fmt(r["select_pct"], ".2f") if r["keep_ratio"] is not None else "-",
-            _fmt(r["score_capture_ms"], ".2f"),
+            _fmt(r["score_capture_ms"], ".2f"), _fmt(r.get("gflops_per_s"), ".1f"),
+            _fmt(100 * r["peak_fraction"] if r.get("peak_fraction") is not None else None, ".1f"),
         ])
     llm_header = ["config", "LLM ms", "LLM speed-up", "LLM FLOPs %", "LLM limit", "LLM eff.",
                   "Eq.13 %", "GFLOPs", "vision", "LLM", "capture", "select", "pool C_dual"]
@@ -75,6 +80,8 @@ def format_table(result: dict[str, Any]) -> str:
     notes = ("speed-up = vanilla ms / ms; FLOPs % and limit (= vanilla FLOPs / FLOPs) from FlopCounterMode over "
              "one whole step (vision towers included); eff. = speed-up / limit; vs FastV = ms / FastV ms at the "
              "same keep; select = the policy's select stage; capture = side-score computation (torch.profiler, median of up to 3 untimed steps). "
+             "GFLOP/s = measured FLOPs / median ms; % peak = that / the GEMM peak measured for this dtype at the "
+             "model's shapes (like MFU). "
              "LLM columns: decoder layers + capture + selection only; Eq.13 % = the paper's analytic LLM ratio.")
     return "\n\n".join([_table(main_header, main), _table(llm_header, llm), notes])
 
@@ -84,12 +91,13 @@ def format_targets(result: dict[str, Any]) -> str:
     if not targets["checks"]:
         return "targets: no vla_pruner rows to check"
     names = {"efficiency": "efficiency >= {limit}", "ms_vs_fastv": "VLA-Pruner ms / FastV ms <= {limit}",
-             "select_pct": "selection <= {limit} % of the step"}
+             "select_pct": "selection <= {limit} % of the step",
+             "peak_fraction": "vanilla step >= {limit} of the GEMM peak"}
     lines = []
     for check in targets["checks"]:
         label = names[check["target"]].format(limit=check["limit"])
-        lines.append(f"  keep {check['keep_ratio']:g}: {label}: {check['value']:.3f} "
-                     f"{'met' if check['met'] else 'MISSED'}")
+        where = "vanilla" if check["keep_ratio"] is None else f"keep {check['keep_ratio']:g}"
+        lines.append(f"  {where}: {label}: {check['value']:.3f} {'met' if check['met'] else 'MISSED'}")
     verdict = "all met" if targets["all_met"] else "some missed"
     return "targets (vla_pruner, this run): " + verdict + "\n" + "\n".join(lines)
 

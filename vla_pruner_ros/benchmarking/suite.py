@@ -38,6 +38,7 @@ from ..model.modeling_llama import SCORE_CAPTURE_EVENT
 from ..model.policy import Policy, load_policy
 from ..pruning import METHODS, PrunerConfig
 from .flops import count_flops, llama_decoder_flops, paper_llm_flops
+from .peak import measure_gemm_peak, model_gemm_shapes
 from .models import INSTRUCTION, make_observations, random_policy
 from .timing import run_interleaved, summarize
 
@@ -45,7 +46,9 @@ SCHEMA = "vla-pruner-bench/1"
 VANILLA = "none"
 DEFAULT_METHODS = ("none", "fastv", "vla_pruner", "divprune")
 DEFAULT_KEEP_RATIOS = (0.5, 0.25, 0.125)
-TARGETS = {"efficiency_min": 0.85, "ms_vs_fastv_max": 1.02, "select_pct_max": 2.0}
+TARGETS = {"efficiency_min": 0.90, "ms_vs_fastv_max": 1.02, "select_pct_max": 2.0}
+# The vanilla step's achieved FLOP/s as a fraction of the measured GEMM peak of its dtype (issue 16).
+PEAK_FRACTION_TARGETS = {"bfloat16": 0.70, "float32": 0.80}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LLM_STAGES = ("llm_prefix", "select", "llm_suffix")
 
@@ -64,6 +67,8 @@ class BenchSettings:
     observations: int = 4  # distinct seeded observations, cycled
     checkpoint: str | None = None  # a checkpoint directory instead of the preset's random weights
     profile_capture: bool = True  # one profiled step per configuration for the score-capture ms
+    peak_probe: bool = True  # measure the GEMM peak of the dtype at the model's shapes (peak.py)
+    peak_seconds: float = 0.3  # probe time per GEMM shape
 
     def __post_init__(self) -> None:
         for name in ("steps", "warmup", "observations", "seed"):
@@ -82,6 +87,9 @@ class BenchSettings:
             raise ValueError(f"BenchSettings.keep_ratios={self.keep_ratios}: expected one or more ratios in (0, 1)")
         if len(set(self.keep_ratios)) != len(self.keep_ratios):
             raise ValueError(f"BenchSettings.keep_ratios={self.keep_ratios}: ratios repeat")
+        if not (isinstance(self.peak_seconds, (int, float)) and not isinstance(self.peak_seconds, bool)
+                and self.peak_seconds > 0):
+            raise ValueError(f"BenchSettings.peak_seconds={self.peak_seconds!r}: expected a number > 0")
         if self.dtype == "auto":
             object.__setattr__(self, "dtype", None)
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -168,6 +176,14 @@ def run_benchmark(settings: BenchSettings, progress: bool = True,
             config.extra["score_capture_ms"] = _profiled_capture_ms(lambda: step(config), device,
                                                                     steps=max(1, min(3, settings.steps // 2)))
 
+    # 3b. the GEMM peak of this dtype at the model's shapes, right before the timing
+    peak = None
+    if settings.peak_probe:
+        vanilla_output = configurations[0].extra["flops_output"]
+        peak = measure_gemm_peak(model_gemm_shapes(base, rows=vanilla_output.seq_len_before), base.dtype, device,
+                                 seconds_per_shape=settings.peak_seconds)
+        log(f"GEMM peak ({peak.dtype}, {peak.threads} threads): {peak.gflops:.1f} GFLOP/s at {peak.best}")
+
     # 4. interleaved timing
     # repetition r shows every configuration the same observation
     calls = {c.name: (lambda repetition, c=c: step(c, repetition)) for c in configurations}
@@ -177,7 +193,7 @@ def run_benchmark(settings: BenchSettings, progress: bool = True,
     bar.close()
 
     rows = [_row(config, samples[config.name], base) for config in configurations]
-    _add_relative_numbers(rows)
+    _add_relative_numbers(rows, peak.gflops if peak is not None else None)
     return {
         "schema": SCHEMA,
         "settings": {**asdict(settings), "methods": list(settings.methods),
@@ -185,8 +201,9 @@ def run_benchmark(settings: BenchSettings, progress: bool = True,
         "machine": machine_description(device, base.dtype, load_before, _load_average(),
                                        base.dtype_choice.reason),
         "model": model_description(base, settings, configurations[0].extra["flops_output"]),
+        "gemm_peak": peak.as_dict() if peak is not None else None,
         "rows": rows,
-        "targets": evaluate_targets(rows),
+        "targets": evaluate_targets(rows, str(base.dtype).removeprefix("torch.")),
     }
 
 
@@ -301,12 +318,15 @@ def _rows_per_layer(output, num_layers: int) -> list[int]:
     return [output.seq_len_before] * layer + [output.seq_len_after] * (num_layers - layer)
 
 
-def _add_relative_numbers(rows: list[dict[str, Any]]) -> None:
-    """Speed-ups, FLOPs ratios, limits and efficiencies against vanilla; ms against FastV."""
+def _add_relative_numbers(rows: list[dict[str, Any]], peak_gflops: float | None = None) -> None:
+    """Speed-ups, FLOPs ratios, limits and efficiencies against vanilla; ms against FastV; achieved
+    GFLOP/s and their fraction of the GEMM peak (``peak_gflops``, None: not measured)."""
     vanilla = next(r for r in rows if r["method"] == VANILLA)
     fastv = {r["keep_ratio"]: r for r in rows if r["method"] == "fastv"}
     for row in rows:
         ms, flops = row["ms"]["median"], row["flops"]
+        row["gflops_per_s"] = flops["total"] / ms / 1e6  # FLOPs per ms / 1e6 = GFLOP/s
+        row["peak_fraction"] = row["gflops_per_s"] / peak_gflops if peak_gflops else None
         row["speedup"] = vanilla["ms"]["median"] / ms
         row["flops_ratio"] = flops["total"] / vanilla["flops"]["total"]
         row["flops_limit"] = vanilla["flops"]["total"] / flops["total"]
@@ -324,9 +344,15 @@ def _add_relative_numbers(rows: list[dict[str, Any]]) -> None:
         row["ms_vs_fastv"] = ms / reference["ms"]["median"] if reference is not None else None
 
 
-def evaluate_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's targets, checked on the VLA-Pruner rows."""
+def evaluate_targets(rows: list[dict[str, Any]], dtype: str | None = None) -> dict[str, Any]:
+    """The issue's targets, checked on the VLA-Pruner rows (and the vanilla step's share of the GEMM
+    peak, for float32 and bfloat16 when the peak was measured)."""
     checks = []
+    vanilla = next((r for r in rows if r["method"] == VANILLA), None)
+    if vanilla is not None and vanilla.get("peak_fraction") is not None and dtype in PEAK_FRACTION_TARGETS:
+        limit = PEAK_FRACTION_TARGETS[dtype]
+        checks.append({"keep_ratio": None, "target": "peak_fraction", "value": vanilla["peak_fraction"],
+                       "limit": limit, "met": vanilla["peak_fraction"] >= limit})
     for row in rows:
         if row["method"] != "vla_pruner":
             continue

@@ -1,6 +1,7 @@
 """``vla-pruner bench``: ms per action chunk and FLOPs per pruning method, measured side by side.
 
     vla-pruner bench --preset scaled --steps 20 --warmup 5 --json bench.json      # CPU, ~5 min on 2 cores
+    vla-pruner bench --preset scaled --dtype float32                              # default dtype: auto
     vla-pruner bench --preset oft-7b --device cuda --json bench-oft7b.json        # real sizes, bf16, random weights
     vla-pruner bench --preset tiny --steps 2 --warmup 1 --methods none,fastv,vla_pruner
 
@@ -38,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="weights and inputs seed")
     parser.add_argument("--no-capture-profile", action="store_true",
                         help="skip the profiled steps that measure the score-capture ms")
+    parser.add_argument("--no-peak-probe", action="store_true",
+                        help="skip measuring the GEMM peak of the dtype (the %% peak column)")
+    parser.add_argument("--peak-seconds", type=float, default=0.3,
+                        help="GEMM peak probe: seconds per matmul shape (default: 0.3)")
     parser.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write every number to OUT")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -53,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         settings = BenchSettings(
             preset=args.preset, methods=tuple(args.methods), keep_ratios=tuple(args.keep), steps=args.steps,
             warmup=args.warmup, device=args.device, dtype=args.dtype, threads=args.threads, seed=args.seed,
-            checkpoint=args.checkpoint, profile_capture=not args.no_capture_profile)
+            checkpoint=args.checkpoint, profile_capture=not args.no_capture_profile,
+            peak_probe=not args.no_peak_probe, peak_seconds=args.peak_seconds)
     except ValueError as exc:
         print(f"vla-pruner bench: error: {exc}", file=sys.stderr)
         return 2
