@@ -1,0 +1,188 @@
+"""The sweep scheduler without Ray (runs in CI): resume, retry once, report a unit that fails the
+same way twice, the JSONL sink, and eval-sim through the units equal to the plain serial loop."""
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from vla_pruner_ros.distributed import JsonlSink, SerialBackend, Unit, run_units
+from vla_pruner_ros.distributed.cli import backend_from_args
+from vla_pruner_ros.distributed.sink import decode, encode
+
+
+@dataclass
+class Scripted:
+    """Squares its argument; ``fail[key]`` lists exceptions its attempts raise first, in order."""
+
+    fail: dict = field(default_factory=dict)
+    setups: int = 0
+    calls: list = field(default_factory=list)
+
+    def setup(self):
+        self.setups += 1
+        return {"offset": 0}
+
+    def run(self, state, args, tick=None):
+        key, value = args
+        self.calls.append(key)
+        queued = self.fail.get(key)
+        if queued:
+            raise queued.pop(0)
+        if tick is not None:
+            tick(1)
+        return {"value": value * value + state["offset"]}
+
+
+def units(n):
+    return [Unit(f"u{i}", (f"u{i}", i)) for i in range(n)]
+
+
+def test_runs_every_unit_once_with_one_setup_and_results_in_unit_order(tmp_path):
+    work, ticks = Scripted(), []
+    report = run_units(work, units(5), backend=SerialBackend(on_tick=lambda k, n: ticks.append(k)),
+                       sink=JsonlSink(tmp_path / "u.jsonl", {"run": 1}))
+    assert work.setups == 1 and work.calls == [f"u{i}" for i in range(5)]
+    assert list(report.results) == [f"u{i}" for i in range(5)] and report.complete
+    assert [r["value"] for r in report.results.values()] == [0, 1, 4, 9, 16]
+    assert ticks == [f"u{i}" for i in range(5)] and report.attempts == 5
+
+
+def test_resume_reruns_nothing_finished_and_skips_setup_when_all_done(tmp_path):
+    path = tmp_path / "u.jsonl"
+    first = Scripted(fail={"u3": [KeyboardInterrupt()]})  # an interruption in the middle of the sweep
+    with pytest.raises(KeyboardInterrupt):
+        run_units(first, units(6), sink=JsonlSink(path, {"run": 1}))
+    assert first.calls == ["u0", "u1", "u2", "u3"]
+    second = Scripted()
+    report = run_units(second, units(6), sink=JsonlSink(path, {"run": 1}))
+    assert second.calls == ["u3", "u4", "u5"] and report.resumed == ["u0", "u1", "u2"]
+    assert [r["value"] for r in report.results.values()] == [0, 1, 4, 9, 16, 25]
+    third = Scripted()
+    again = run_units(third, units(6), sink=JsonlSink(path, {"run": 1}))
+    assert third.setups == 0 and third.calls == [] and again.ran == [] and len(again.results) == 6
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 + 6  # the header and each unit exactly once
+
+
+def test_a_failed_unit_is_retried_once_and_then_succeeds(tmp_path):
+    work, seen = Scripted(fail={"u1": [RuntimeError("flaky")]}), []
+    report = run_units(work, units(3), sink=JsonlSink(tmp_path / "u.jsonl"),
+                       on_failure=lambda key, sig, final: seen.append((key, sig, final)))
+    assert report.complete and report.results["u1"] == {"value": 1}
+    assert seen == [("u1", "RuntimeError: flaky", False)]
+    assert report.retried == {"u1": ["RuntimeError: flaky"]}
+    assert work.calls == ["u0", "u1", "u2", "u1"]  # retried after the others, not in a tight loop
+
+
+def test_a_unit_failing_the_same_way_twice_is_reported_not_retried_forever(tmp_path):
+    boom = [ValueError("bad seed 1"), ValueError("bad seed 1"), ValueError("bad seed 1")]
+    work, seen = Scripted(fail={"u1": boom}), []
+    path = tmp_path / "u.jsonl"
+    report = run_units(work, units(3), sink=JsonlSink(path),
+                       on_failure=lambda key, sig, final: seen.append((key, final)))
+    assert not report.complete and list(report.failed) == ["u1"]
+    assert report.failed["u1"].attempts == ["ValueError: bad seed 1"] * 2
+    assert "Traceback" in report.failed["u1"].detail
+    assert work.calls.count("u1") == 2 and seen == [("u1", False), ("u1", True)]
+    assert set(report.results) == {"u0", "u2"}  # the other units finished and are stored
+    assert set(JsonlSink(path).results()) == {"u0", "u2"}
+
+
+def test_different_failures_are_tried_up_to_max_attempts():
+    work = Scripted(fail={"u0": [OSError("disk"), MemoryError("oom"), RuntimeError("x"), RuntimeError("y")]})
+    report = run_units(work, units(1), max_attempts=3)
+    assert report.failed["u0"].attempts == ["OSError: disk", "MemoryError: oom", "RuntimeError: x"]
+    assert work.calls == ["u0"] * 3
+
+
+def test_setup_errors_stop_the_sweep():
+    class Broken(Scripted):
+        def setup(self):
+            raise ValueError("no config.json")
+
+    with pytest.raises(ValueError, match="no config.json"):
+        run_units(Broken(), units(2))
+
+
+def test_duplicate_keys_are_refused():
+    with pytest.raises(ValueError, match="unique"):
+        run_units(Scripted(), [Unit("a", ("a", 1)), Unit("a", ("a", 2))])
+
+
+def test_sink_ignores_a_cut_line_refuses_another_run_and_round_trips_numpy(tmp_path):
+    path = tmp_path / "u.jsonl"
+    sink = JsonlSink(path, {"checkpoint": "/a", "window": 3})
+    value = {"x": np.array([[0.1, np.nan], [1e-30, -2.5]], dtype=np.float32), "k": np.arange(4),
+             "m": np.array([True, False]), "s": np.float64(0.3), "t": (1, "a")}
+    sink.add("a", value)
+    with open(path, "a") as f:
+        f.write('{"key": "b", "result": {"x": [1, 2')  # an interruption mid-line
+    again = JsonlSink(path, {"checkpoint": "/a", "window": 3})
+    assert again.skipped_lines == 1 and set(again.results()) == {"a"}
+    got = again.results()["a"]
+    assert got["x"].dtype == np.float32 and np.array_equal(got["x"], value["x"], equal_nan=True)
+    assert got["k"].dtype == value["k"].dtype and got["m"].dtype == bool and got["s"] == 0.3 and got["t"] == [1, "a"]
+    again.add("b", {"y": 1})
+    assert set(JsonlSink(path, {"checkpoint": "/a", "window": 3}).results()) == {"a", "b"}
+    with pytest.raises(ValueError, match="window: 3 -> 4"):
+        JsonlSink(path, {"checkpoint": "/a", "window": 4})
+    assert decode(json.loads(json.dumps(encode(value["x"])))).tobytes() == value["x"].tobytes()
+
+
+def test_without_ray_the_backend_is_serial_and_ray_is_not_imported():
+    import argparse
+    import sys
+
+    from vla_pruner_ros.distributed import add_ray_arguments
+
+    parser = argparse.ArgumentParser()
+    add_ray_arguments(parser)
+    assert isinstance(backend_from_args(parser.parse_args([])), SerialBackend)
+    assert parser.parse_args(["--ray"]).ray == "auto"
+    assert parser.parse_args(["--ray", "10.0.0.1:6379"]).ray == "10.0.0.1:6379"
+    assert "ray" not in sys.modules or sys.modules["ray"] is not None  # importing the module did not need Ray
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ray-workers", "0"])
+
+
+# ------------------------------------------------------------------------- eval-sim as units
+TIMING = ("median_ms_per_step",)
+
+
+def outcomes(items):
+    """Episode records or table rows without their timing fields (the rest is deterministic), as
+    JSON so that NaN equals NaN."""
+    return [json.dumps({k: v for k, v in item.items() if k not in TIMING}, sort_keys=True) for item in items]
+
+
+def small_config(checkpoint, **changes):
+    from vla_pruner_ros.training.evaluate import EvalConfig
+
+    settings = dict(checkpoint=str(checkpoint), methods=("none", "vla_pruner"), keep_ratios=(0.5,), episodes=2,
+                    actions_per_step=8, prune_layer=1, window=2, include_expert=False, threads=1)
+    settings.update(changes)
+    return EvalConfig(**settings)
+
+
+def test_eval_sim_units_equal_the_serial_loop_and_resume_runs_nothing(tiny_checkpoint, tmp_path):
+    from vla_pruner_ros.distributed.eval_sim import evaluate_sweep, sink_for
+    from vla_pruner_ros.training.evaluate import evaluate
+
+    config = small_config(tiny_checkpoint)
+    plain = evaluate(config, progress=False)
+    ran = []
+    swept = evaluate_sweep(config, sink=sink_for(config, tmp_path), progress=False,
+                           on_result=lambda key, result: ran.append(key))
+    assert outcomes(swept["episodes"]) == outcomes(plain["episodes"])  # final distances bit for bit
+    assert outcomes(swept["rows"]) == outcomes(plain["rows"])
+    assert len(ran) == 4 and swept["units"]["ran"] == 4
+    again = evaluate_sweep(config, sink=sink_for(config, tmp_path), progress=False,
+                           on_result=lambda key, result: ran.append(key))
+    assert len(ran) == 4 and again["units"] == {"ran": 0, "resumed": 4, "retried": {}}
+    assert again["episodes"] == swept["episodes"]
+    more = small_config(tiny_checkpoint, episodes=3)  # one more episode per configuration: only those run
+    grown = evaluate_sweep(more, sink=sink_for(more, tmp_path), progress=False)
+    assert grown["units"]["ran"] == 2 and grown["episodes"][:2] == swept["episodes"][:2]
+    with pytest.raises(ValueError, match="different run"):
+        sink_for(small_config(tiny_checkpoint, window=3), tmp_path)
