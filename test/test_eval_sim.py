@@ -97,8 +97,13 @@ def test_eval_code_path_two_episodes_two_methods(shipped_policy, tmp_path):
         assert 0.0 <= row["ci95_low"] <= row["success_rate"] <= row["ci95_high"] <= 1.0
         assert row["median_ms_per_step"] > 0
         assert 0.0 < row["pruned_step_fraction"] <= 1.0
-    fastv = rows[0]
+    fastv, vla = rows
     assert fastv["pruned_step_fraction"] == 1.0 and fastv["mean_flops_ratio"] < 1.0  # FastV has no warm-up
+    # FLOPs really spent: VLA-Pruner's 3 warm-up calls run unpruned and are counted in full
+    assert vla["warmup_step_fraction"] > 0 and vla["mean_flops_ratio"] > fastv["mean_flops_ratio"]
+    for episode in results["episodes"]:
+        assert episode["warmup_steps"] == (min(3, episode["policy_steps"]) if episode["method"] == "vla_pruner" else 0)
+        assert episode["flops_spent"] <= episode["flops_full"] and episode["final_error"] >= 0
     paths = write_results(results, tmp_path, command="vla-pruner eval-sim --episodes 2")
     saved = json.loads(Path(paths["json"]).read_text())
     assert saved["command"] == "vla-pruner eval-sim --episodes 2" and len(saved["episodes"]) == 4
@@ -106,6 +111,10 @@ def test_eval_code_path_two_episodes_two_methods(shipped_policy, tmp_path):
         table = list(csv.DictReader(f))
     assert [r["method"] for r in table] == ["expert", "fastv", "vla_pruner"]
     assert Path(paths["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    paired = {row["config"]: row for row in saved["paired"]["rows"]}
+    assert set(paired) == {"fastv@0.25", "vla_pruner@0.25"} and paired["fastv@0.25"]["paired"] == {}
+    assert Path(paths["radius_plot"]).is_file() and Path(paths["error_hist"]).is_file()
+    assert "vs none" in Path(paths["table"]).read_text()
     text = format_table(results)
     assert "fastv" in text and "vla_pruner" in text and "expert" in text
 
@@ -169,6 +178,11 @@ def test_cli_argument_parsing(tmp_path, capsys):
     assert args.methods == ("none", "vla_pruner") and args.keep == (0.5, 0.125) and args.episodes == 3
     with pytest.raises(SystemExit):
         parser.parse_args(["--keep", "half"])
+    args = parser.parse_args(["--reference", "none,fastv@0.25", "--radii", "0.02,0.05"])
+    assert args.reference == ("none", "fastv@0.25") and args.radii == (0.02, 0.05)
+    for bad in (["--reference", "magic"], ["--radii", "-1"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
     args = parser.parse_args(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "out")])
     assert eval_sim.run(args) == 2  # not a checkpoint directory
     assert "no config.json" in capsys.readouterr().err

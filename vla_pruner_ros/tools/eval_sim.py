@@ -2,9 +2,13 @@
 simulated reach task (identical seeded scenes for every configuration).
 
     vla-pruner eval-sim --checkpoint checkpoints/xarm6_sim_reach \\
-        --methods none,fastv,sparsevlm,divprune,random,vla_pruner --keep 0.5,0.25,0.125 --episodes 50
+        --methods none,fastv,fastv_last,fastv_all_rows,divprune,random,vla_pruner --keep 0.25 \\
+        --episodes 200 --reference none,fastv --radii 0.025,0.035,0.05
 
-Prints the table and writes results.json, results.csv, table.txt and success_vs_keep_ratio.png to --out.
+Prints the table and the paired protocol (McNemar against each --reference, success on episodes with
+a pruned call, success against radius, FLOPs really spent) and writes results.json, results.csv,
+table.txt, success_vs_keep_ratio.png, paired.json, paired.txt, radius_curve.png and
+final_error_hist.png to --out.
 """
 from __future__ import annotations
 
@@ -36,10 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=3, help="VLA-Pruner's window w (= warm-up steps)")
     parser.add_argument("--no-expert", action="store_true", help="skip the expert's success rate")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "auto"), default="float32",
+                        help="model dtype (default float32: the published tables; auto = load_policy's choice)")
+    parser.add_argument("--reference", type=_reference_list, default=("none",),
+                        help="comma-separated references for the paired McNemar tests: a configuration "
+                             "('none', 'fastv@0.25') or a method, compared at the same keep ratio (default none)")
+    parser.add_argument("--radii", type=_radius_list, default=(0.025, 0.035, 0.05),
+                        help="comma-separated radii (m) of the success-against-radius columns")
     parser.add_argument("--out", default=str(ROOT / "artifacts" / "eval_sim"), help="output directory")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..evaluation import format_paired_report
     from ..training.evaluate import EvalConfig, evaluate, format_table, write_results
 
     checkpoint = args.checkpoint or str(ROOT / "checkpoints" / "xarm6_sim_reach")
@@ -52,14 +64,38 @@ def run(args: argparse.Namespace) -> int:
                             episodes=args.episodes, task=args.task, seed=args.seed,
                             actions_per_step=args.actions_per_step, max_joint_velocity=args.max_joint_velocity,
                             prune_layer=args.prune_layer, window=args.window, include_expert=not args.no_expert,
-                            threads=args.threads)
+                            threads=args.threads, dtype=args.dtype)
     except ValueError as error:
         print(f"eval-sim: {error}", file=sys.stderr)
         return 2
     results = evaluate(config)
     command = "vla-pruner eval-sim " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if len(sys.argv) > 1 and sys.argv[1] == "eval-sim" else None
-    paths = write_results(results, args.out, command=command)
+    paths = write_results(results, args.out, command=command, references=args.reference, radii=args.radii)
     print(format_table(results))
+    print()
+    print(format_paired_report(results["paired"]))
     print(f"wall time {results['wall_s']:.0f} s; wrote {', '.join(paths.values())}")
     return 0
+
+
+def _reference_list(text: str) -> tuple[str, ...]:
+    """'none, fastv' -> ('none', 'fastv'); each a method name or METHOD@KEEP."""
+    from ..pruning import METHODS
+
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    bad = [n for n in names if n.split("@", 1)[0] not in METHODS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"--reference {text!r}: expected comma-separated methods or METHOD@KEEP "
+                                         f"from {', '.join(METHODS)}")
+    return names
+
+
+def _radius_list(text: str) -> tuple[float, ...]:
+    try:
+        radii = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        radii = ()
+    if not radii or any(not r > 0 for r in radii):
+        raise argparse.ArgumentTypeError(f"--radii {text!r}: expected comma-separated radii in metres, > 0")
+    return radii

@@ -12,7 +12,17 @@ within its step limit.
 Reported per configuration: success rate with a 95 % Wilson interval, mean control steps of the
 successful episodes, median ms per policy step (``PolicyOutput.timings["total"]``), the share of
 policy steps that actually ran pruned (methods with a temporal history run unpruned during their
-warm-up) and the mean analytic LLM FLOPs ratio.
+warm-up) and the LLM FLOPs the configuration really spent: the analytic FLOPs of every policy
+step of every episode, warm-up steps included, over those of the same steps unpruned.  The paired
+protocol (McNemar against a reference, success on episodes with a pruned call, success against
+radius, error histogram) is in ``vla_pruner_ros.evaluation.report``.
+
+Tasks plug in through ``evaluate(config, make_env=...)``: ``make_env(config)`` returns an
+environment with ``reset(seed=, task=) -> obs``, ``step(joint targets (7,)) -> (obs, reached, done,
+info)``, ``done``, ``step_count``, ``control_period`` and ``episode.target``; ``obs`` holds
+"images" {view: HxWx3 uint8}, "proprio", "joints", "instruction".  ``info["final_error"]`` (m), when
+the task gives it, is the error the radius curve uses; otherwise ``info["horizontal_distance"]``.
+The default factory is ``SimEnv`` with ``config.task``.
 """
 from __future__ import annotations
 
@@ -23,32 +33,22 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..control.robot_config import RobotConfig, load_robot_config
 from ..control.safety import make_safe_chunk
+from ..evaluation.report import DEFAULT_RADII, EpisodeOutcome, config_label, format_paired_report, \
+    write_paired_report
+from ..evaluation.stats import WILSON_Z, wilson_interval  # noqa: F401  (re-exported)
 from ..pruning import METHODS, PrunerConfig
 from ..sim import ScriptedExpert, SimEnv, run_expert_episode
 from ..sim.task import TASKS
 
-DEFAULT_METHODS = ("none", "fastv", "sparsevlm", "divprune", "random", "vla_pruner")
+DEFAULT_METHODS = ("none", "fastv", "fastv_last", "fastv_all_rows", "sparsevlm", "divprune", "random", "vla_pruner")
 DEFAULT_KEEP_RATIOS = (0.5, 0.25, 0.125)
 RENDER_SIZE = (224, 224)  # the sim cameras of the ROS demo
-WILSON_Z = 1.959963984540054  # two-sided 95 %
-
-
-def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (the 95 % one by default)."""
-    if not isinstance(trials, (int, np.integer)) or trials < 1:
-        raise ValueError(f"trials={trials!r}: expected a positive integer")
-    if not isinstance(successes, (int, np.integer)) or not 0 <= successes <= trials:
-        raise ValueError(f"successes={successes!r}: expected an integer in 0..{trials}")
-    p = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class EvalConfig:
     window: int = 3  # VLA-Pruner's w (also its warm-up length)
     include_expert: bool = True
     threads: int = 2
+    dtype: str = "float32"  # load_policy's dtype ("auto" may pick bf16 on a CPU with native bf16)
 
     def __post_init__(self):
         if not self.methods:
@@ -114,6 +115,14 @@ class EpisodeResult:
     flops_ratio: list[float] = field(default_factory=list)
     final_horizontal_distance: float = float("nan")
     final_height_above_target: float = float("nan")
+    final_error: float = float("nan")  # the task's error at the end (m): info["final_error"] or the distance
+    warmup_steps: int = 0  # policy steps the pruner ran unpruned to fill its history
+    flops_spent: float = 0.0  # analytic LLM FLOPs of every policy step, as run (warm-up included)
+    flops_full: float = 0.0  # the same steps unpruned
+
+    @property
+    def flops_spent_ratio(self) -> float:
+        return self.flops_spent / self.flops_full if self.flops_full else float("nan")
 
 
 def run_episode(policy, env: SimEnv, seed: int, robot: RobotConfig, actions_per_step: int = 4,
@@ -128,8 +137,12 @@ def run_episode(policy, env: SimEnv, seed: int, robot: RobotConfig, actions_per_
         out = policy.predict(images=obs["images"], proprio=obs["proprio"], instruction=obs["instruction"])
         result.policy_steps += 1
         result.pruned_steps += int(out.pruned)
+        result.warmup_steps += int(bool(getattr(out, "warmup", False)))
         result.step_ms.append(float(out.timings["total"]))
         result.flops_ratio.append(float(out.flops["ratio"]))
+        full = float(out.flops.get("full", 1.0))
+        result.flops_full += full
+        result.flops_spent += float(out.flops.get("pruned", full * float(out.flops["ratio"])))
         safe = make_safe_chunk(out.actions, obs["joints"], robot, env.control_period, max_joint_velocity)
         gripper = np.clip(out.actions[:, robot.gripper_action_index], 0.0, 1.0) \
             if robot.gripper_action_index is not None else np.zeros(len(out.actions))
@@ -141,6 +154,7 @@ def run_episode(policy, env: SimEnv, seed: int, robot: RobotConfig, actions_per_
     result.steps = env.step_count
     result.final_horizontal_distance = float(info.get("horizontal_distance", float("nan")))
     result.final_height_above_target = float(info.get("height_above_target", float("nan")))
+    result.final_error = float(info.get("final_error", result.final_horizontal_distance))
     return result
 
 
@@ -151,7 +165,7 @@ def summarize(method: str, keep_ratio: float, episodes: list[EpisodeResult], num
     low, high = wilson_interval(successes, len(episodes))
     success_steps = [e.steps for e in episodes if e.success]
     step_ms = [ms for e in episodes for ms in e.step_ms]
-    flops = [f for e in episodes for f in e.flops_ratio]
+    spent, full = sum(e.flops_spent for e in episodes), sum(e.flops_full for e in episodes)
     policy_steps = sum(e.policy_steps for e in episodes)
     by_target: dict[str, list[bool]] = {}
     for e in episodes:
@@ -169,7 +183,11 @@ def summarize(method: str, keep_ratio: float, episodes: list[EpisodeResult], num
         "mean_steps_to_success": float(np.mean(success_steps)) if success_steps else float("nan"),
         "median_ms_per_step": float(np.median(step_ms)) if step_ms else float("nan"),
         "pruned_step_fraction": sum(e.pruned_steps for e in episodes) / max(1, policy_steps),
-        "mean_flops_ratio": float(np.mean(flops)) if flops else float("nan"),
+        # FLOPs really spent over the episodes (warm-up steps count in full) / the same steps unpruned
+        "mean_flops_ratio": spent / full if full else float("nan"),
+        "warmup_step_fraction": sum(e.warmup_steps for e in episodes) / max(1, policy_steps),
+        "episodes_with_pruned_call": sum(e.pruned_steps > 0 for e in episodes),
+        "mean_policy_steps": policy_steps / len(episodes),
         "success_by_target": {t: float(np.mean(v)) for t, v in sorted(by_target.items())},
     }
 
@@ -189,9 +207,17 @@ def evaluate_expert(config: EvalConfig) -> dict:
             "mean_steps_to_success": float(np.mean(steps)) if steps else float("nan")}
 
 
-def evaluate(config: EvalConfig, progress: bool = True, policy=None) -> dict:
+def default_env(config: EvalConfig) -> SimEnv:
+    """The sim reach environment of ``config.task`` with the demo's camera size."""
+    return SimEnv(seed=config.seed, image_size=RENDER_SIZE, control_period=config.control_period, task=config.task)
+
+
+def evaluate(config: EvalConfig, progress: bool = True, policy=None,
+             make_env: Callable[[EvalConfig], object] | None = None) -> dict:
     """Run every configuration; returns {"config", "expert", "rows", "episodes", "wall_s"}.
-    ``policy``: an already loaded policy (default: ``load_policy(config.checkpoint)``)."""
+    ``policy``: an already loaded policy (default: ``load_policy(config.checkpoint)``).
+    ``make_env``: the task's environment factory (default ``default_env``; see the module doc);
+    the scripted-expert row is only computed for the default environment."""
     import torch
 
     from ..model import load_policy
@@ -199,14 +225,14 @@ def evaluate(config: EvalConfig, progress: bool = True, policy=None) -> dict:
     started = time.time()
     torch.set_num_threads(config.threads)
     if policy is None:
-        policy = load_policy(config.checkpoint, device="cpu")
+        policy = load_policy(config.checkpoint, device="cpu", dtype=None if config.dtype == "auto" else config.dtype)
     for method, _ in config.configurations():
         if method != "none" and config.prune_layer >= policy.num_layers:
             raise ValueError(f"EvalConfig.prune_layer={config.prune_layer}: the checkpoint's LLM has "
                              f"{policy.num_layers} layers")
     robot = load_robot_config()
-    env = SimEnv(seed=config.seed, image_size=RENDER_SIZE, control_period=config.control_period, task=config.task)
-    expert = evaluate_expert(config) if config.include_expert else None
+    env = (make_env or default_env)(config)
+    expert = evaluate_expert(config) if config.include_expert and make_env is None else None
     pairs = config.configurations()
     bar = None
     if progress:
@@ -242,22 +268,33 @@ def _episode_dict(result: EpisodeResult) -> dict:
     out = asdict(result)
     out["median_ms_per_step"] = float(np.median(out.pop("step_ms"))) if result.step_ms else float("nan")
     out.pop("flops_ratio")
+    out["flops_spent_ratio"] = result.flops_spent_ratio
     return out
 
 
 # ------------------------------------------------------------------------------------ output
+def outcomes(results: dict) -> list[EpisodeOutcome]:
+    """The episodes of ``results`` as the paired protocol's records (episode id = scene seed)."""
+    return [EpisodeOutcome(config=config_label(e["method"], e["keep_ratio"]), episode=int(e["seed"]),
+                           success=bool(e["success"]), final_error=float(e.get("final_error", float("nan"))),
+                           pruned_calls=int(e["pruned_steps"]), policy_calls=int(e["policy_steps"]),
+                           flops_spent=float(e.get("flops_spent", float("nan"))),
+                           flops_full=float(e.get("flops_full", float("nan"))))
+            for e in results["episodes"]]
+
+
 def format_table(results: dict) -> str:
     """The printed table: one line per configuration, the expert first."""
-    header = (f"{'method':<11} {'keep':>6} {'tokens':>7} {'success':>8} {'95% CI':>15} {'steps':>6} "
+    header = (f"{'method':<14} {'keep':>6} {'tokens':>7} {'success':>8} {'95% CI':>15} {'steps':>6} "
               f"{'ms/step':>8} {'pruned':>7} {'FLOPs':>6}")
     lines = [header, "-" * len(header)]
     expert = results.get("expert")
     if expert:
-        lines.append(f"{'expert':<11} {'':>6} {'':>7} {expert['success_rate']:>8.1%} "
+        lines.append(f"{'expert':<14} {'':>6} {'':>7} {expert['success_rate']:>8.1%} "
                      f"{_ci(expert):>15} {expert['mean_steps_to_success']:>6.1f} {'':>8} {'':>7} {'':>6}")
     for row in results["rows"]:
         lines.append(
-            f"{row['method']:<11} {row['keep_ratio']:>6.3f} {row['kept_tokens']:>3}/{row['visual_tokens']:<3} "
+            f"{row['method']:<14} {row['keep_ratio']:>6.3f} {row['kept_tokens']:>3}/{row['visual_tokens']:<3} "
             f"{row['success_rate']:>8.1%} {_ci(row):>15} {row['mean_steps_to_success']:>6.1f} "
             f"{row['median_ms_per_step']:>8.1f} {row['pruned_step_fraction']:>7.0%} {row['mean_flops_ratio']:>6.2f}")
     return "\n".join(lines)
@@ -272,13 +309,19 @@ CSV_FIELDS = ("method", "keep_ratio", "kept_tokens", "visual_tokens", "episodes"
               "mean_flops_ratio")
 
 
-def write_results(results: dict, out_dir: str | os.PathLike, command: str | None = None) -> dict[str, str]:
+def write_results(results: dict, out_dir: str | os.PathLike, command: str | None = None,
+                  references: tuple[str, ...] = ("none",), radii: tuple[float, ...] = DEFAULT_RADII) -> dict[str, str]:
     """results.json (everything), results.csv (one row per configuration, the expert included),
-    table.txt and success_vs_keep_ratio.png. Returns {kind: path}."""
+    table.txt, success_vs_keep_ratio.png, and the paired protocol (``evaluation.report``):
+    paired.json, paired.txt, radius_curve.png, final_error_hist.png. Returns {kind: path}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "table": out / "table.txt",
              "plot": out / "success_vs_keep_ratio.png"}
+    report, paired_paths = write_paired_report(
+        outcomes(results), out, references=references, radii=radii,
+        title=f"sim task {results['config'].get('task', '')!r}, {results['config'].get('episodes')} paired episodes")
+    results["paired"] = report
     payload = dict(results)
     if command:
         payload["command"] = command
@@ -292,13 +335,13 @@ def write_results(results: dict, out_dir: str | os.PathLike, command: str | None
             writer.writerow({**results["expert"], "keep_ratio": ""})
         for row in results["rows"]:
             writer.writerow(row)
-    table = format_table(results)
+    table = format_table(results) + "\n\n" + format_paired_report(report)
     lines = [table, "", f"wall time: {results['wall_s']:.0f} s"]
     if command:
         lines.append(f"command: {command}")
     paths["table"].write_text("\n".join(lines) + "\n", encoding="utf-8")
     plot_success(results, paths["plot"])
-    return {k: str(v) for k, v in paths.items()}
+    return {**{k: str(v) for k, v in paths.items()}, **paired_paths}
 
 
 def plot_success(results: dict, path: str | os.PathLike) -> None:
@@ -319,6 +362,7 @@ def plot_success(results: dict, path: str | os.PathLike) -> None:
         x = np.array([r["keep_ratio"] for r in mine]) * 10 ** offset
         y = np.array([r["success_rate"] for r in mine]) * 100
         err = np.array([[r["success_rate"] - r["ci95_low"], r["ci95_high"] - r["success_rate"]] for r in mine]).T * 100
+        err = np.clip(err, 0.0, None)  # an interval end equal to the rate may round a hair past it
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, linewidth=1.6 if method == "vla_pruner" else 1.0,
                     label=method)
     for row in rows:
