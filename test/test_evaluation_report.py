@@ -104,3 +104,23 @@ def test_write_paired_report_files(tmp_path):
     plain = [EpisodeOutcome("none", i, success=i % 2 == 0) for i in range(4)]
     _, paths = write_paired_report(plain, tmp_path / "plain")
     assert "radius_plot" not in paths and (tmp_path / "plain" / "paired.txt").is_file()
+
+
+def test_libero_records_feed_the_same_report():
+    from vla_pruner_ros.evaluation import outcomes_from_libero
+    from vla_pruner_ros.libero.results import EpisodeRecord
+
+    def record(method, keep, episode, success, flops, pruned):
+        return EpisodeRecord(method=method, keep_ratio=keep, suite="libero_spatial", task_id=0, task="pick",
+                             episode=episode, success=success, steps=100, chunk_ms=[10.0] * 4, flops_ratio=flops,
+                             pruned_fraction=pruned, wall_s=1.0)
+
+    records = [record("none", 1.0, e, True, 1.0, 0.0) for e in range(6)]
+    records += [record("vla_pruner", 0.25, e, e >= 3, 0.5 + 0.5 * (e == 0), 0.0 if e == 0 else 0.75)
+                for e in range(6)]
+    report = paired_report(outcomes_from_libero(records), references=("none",))
+    row = {r["config"]: r for r in report["rows"]}["vla_pruner@0.25"]
+    assert row["paired"]["none"]["only_reference"] == 3 and row["paired"]["none"]["p_value"] == pytest.approx(0.25)
+    assert row["episodes_with_pruned_call"] == 5 and row["success_when_pruned"] == pytest.approx(3 / 5)
+    assert row["flops_spent_ratio"] == pytest.approx((1.0 + 5 * 0.5) / 6)
+    assert math.isnan(row["success_at_radius"]["0.025"])

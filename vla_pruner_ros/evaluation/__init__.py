@@ -12,6 +12,7 @@
 from .report import (
     EpisodeOutcome,
     format_paired_report,
+    outcomes_from_libero,
     paired_report,
     plot_error_histogram,
     plot_radius_curve,
@@ -24,6 +25,7 @@ __all__ = [
     "PairedComparison",
     "format_paired_report",
     "mcnemar_exact",
+    "outcomes_from_libero",
     "paired_comparison",
     "paired_report",
     "plot_error_histogram",

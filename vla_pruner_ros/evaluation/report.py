@@ -235,5 +235,20 @@ def write_paired_report(outcomes: Sequence[EpisodeOutcome], out_dir: str | os.Pa
     return report, {k: str(v) for k, v in paths.items()}
 
 
+def outcomes_from_libero(records: Iterable) -> list[EpisodeOutcome]:
+    """LIBERO's `libero.results.EpisodeRecord`s as outcomes (episode id = (suite, task id, initial
+    state)), so eval-libero can print the same paired report.  LIBERO gives no final error (no radius
+    columns); FLOPs spent = the record's mean per-call ratio x its calls, in units of one unpruned call
+    (a task's sequence length is fixed, so every call of an episode costs the same unpruned)."""
+    out = []
+    for record in records:
+        calls = max(1, len(record.chunk_ms))
+        out.append(EpisodeOutcome(
+            config=config_label(record.method, record.keep_ratio), episode=(record.suite, record.task_id, record.episode),
+            success=bool(record.success), pruned_calls=int(round(record.pruned_fraction * calls)), policy_calls=calls,
+            flops_spent=float(record.flops_ratio) * calls, flops_full=float(calls)))
+    return out
+
+
 def _jsonable(value):
     return list(value) if isinstance(value, tuple) else value
