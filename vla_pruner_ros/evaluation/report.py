@@ -244,7 +244,8 @@ def outcomes_from_libero(records: Iterable) -> list[EpisodeOutcome]:
     for record in records:
         calls = max(1, len(record.chunk_ms))
         out.append(EpisodeOutcome(
-            config=config_label(record.method, record.keep_ratio), episode=(record.suite, record.task_id, record.episode),
+            config=config_label(record.method, record.keep_ratio),
+            episode=(record.suite, record.task_id, record.episode),
             success=bool(record.success), pruned_calls=int(round(record.pruned_fraction * calls)), policy_calls=calls,
             flops_spent=float(record.flops_ratio) * calls, flops_full=float(calls)))
     return out

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-sim": ("vla_pruner_ros.tools.train_sim", "train a small OFT-format policy on the simulated reach task"),
     "eval-sim": ("vla_pruner_ros.tools.eval_sim", "closed-loop success rate per pruning method in the simulator"),
     "eval-libero": ("vla_pruner_ros.tools.eval_libero", "LIBERO success rate per pruning method (optional extra)"),
-    "premise": ("vla_pruner_ros.tools.premise", "does VLA-Pruner's premise hold for a checkpoint: scores vs causal token importance"),
+    "premise": ("vla_pruner_ros.tools.premise", "does VLA-Pruner's premise hold for a model: scores vs token effects"),
 }
 
 
