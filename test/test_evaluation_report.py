@@ -98,7 +98,7 @@ def test_write_paired_report_files(tmp_path):
     report, paths = write_paired_report(_outcomes(), tmp_path, references=("none",))
     saved = json.loads((tmp_path / "paired.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(report["rows"])) and len(saved["outcomes"]) == 60
-    for kind in ("radius_plot", "error_hist"):
+    for kind in ("radius_plot", "error_hist", "flops_plot"):
         assert open(paths[kind], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     # without a task error (LIBERO), no radius plots
     plain = [EpisodeOutcome("none", i, success=i % 2 == 0) for i in range(4)]

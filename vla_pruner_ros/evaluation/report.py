@@ -216,11 +216,42 @@ def plot_error_histogram(report: dict, outcomes: Sequence[EpisodeOutcome], path:
     return Path(path)
 
 
+def plot_success_vs_flops(report: dict, path: str | os.PathLike, title: str = "") -> Path:
+    """Success (95 % interval) against the FLOPs each configuration really spent: methods compared
+    at equal compute sit on the same vertical; one marker per method, one point per keep ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    rows = [r for r in report["rows"] if math.isfinite(r["flops_spent_ratio"])]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["flops_spent_ratio"])
+        x = [r["flops_spent_ratio"] for r in mine]
+        y = np.array([r["success_rate"] for r in mine]) * 100
+        err = np.clip(np.array([[r["success_rate"] - r["ci95_low"], r["ci95_high"] - r["success_rate"]]
+                                for r in mine]).T * 100, 0.0, None)
+        ax.errorbar(x, y, yerr=err, marker="s" if method == "none" else "o", capsize=3, label=method,
+                    linewidth=1.6 if method == "vla_pruner" else 1.0)
+    ax.set_xlabel("LLM FLOPs really spent / unpruned (warm-up included)")
+    ax.set_ylabel("success rate (%)")
+    ax.set_title(title or "success against the compute really spent", fontsize=9)
+    ax.set_ylim(-3, 103)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def write_paired_report(outcomes: Sequence[EpisodeOutcome], out_dir: str | os.PathLike,
                         references: Sequence[str] = ("none",), radii: Sequence[float] = DEFAULT_RADII,
                         title: str = "") -> tuple[dict, dict[str, str]]:
-    """paired.json, paired.txt, radius_curve.png and final_error_hist.png in `out_dir`.
-    Returns (the report, {kind: path}); the plots only when the task reports a final error."""
+    """paired.json, paired.txt, success_vs_flops.png, radius_curve.png and final_error_hist.png in
+    `out_dir`.  Returns (the report, {kind: path}); the radius plots only when the task reports a
+    final error."""
     outcomes = list(outcomes)
     report = paired_report(outcomes, references, radii)
     out = Path(out_dir)
@@ -229,6 +260,8 @@ def write_paired_report(outcomes: Sequence[EpisodeOutcome], out_dir: str | os.Pa
     payload = {**report, "outcomes": [{**asdict(o), "episode": _jsonable(o.episode)} for o in outcomes]}
     paths["paired_json"].write_text(json.dumps(payload, indent=1, default=float) + "\n", encoding="utf-8")
     paths["paired_table"].write_text(format_paired_report(report) + "\n", encoding="utf-8")
+    if any(math.isfinite(row["flops_spent_ratio"]) for row in report["rows"]):
+        paths["flops_plot"] = plot_success_vs_flops(report, out / "success_vs_flops.png", title)
     if any(math.isfinite(o.final_error) for o in outcomes):
         paths["radius_plot"] = plot_radius_curve(report, outcomes, out / "radius_curve.png", title)
         paths["error_hist"] = plot_error_histogram(report, outcomes, out / "final_error_hist.png", title)
