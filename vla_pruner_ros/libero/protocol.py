@@ -1,14 +1,19 @@
 """The OpenVLA-OFT LIBERO evaluation protocol, as plain functions (no LIBERO import).
 
-Facts taken from OFT's public evaluation code (``experiments/robot/libero``):
+Facts taken from OFT's public evaluation code (``experiments/robot/libero``, commit 213c5ff):
 - one episode per fixed initial state of the benchmark (``task_suite.get_task_init_states``);
+- the environment is seeded once per task, when it is made (``env.seed(0)``, i.e.
+  ``np.random.seed(0)``), and the episodes run in order: the fixtures each reset places depend on
+  that order (``runner.SceneSeeds`` reproduces it for every configuration);
 - ``num_steps_wait`` = 10 settle steps with the no-op action (gripper open) before the policy runs;
 - a per-suite step limit for the policy's actions (``SUITE_MAX_STEPS``);
 - 256x256 frames from the ``agentview`` and ``robot0_eye_in_hand`` cameras, rotated by 180 degrees
   (training data was stored that way); the policy's own processor then does the JPEG round trip,
   the resize to 224 and the center crop;
 - proprio = end-effector position (3) + orientation as axis-angle (3) + gripper finger qpos (2);
-- the chunk is executed open loop (8 actions) before the policy is queried again;
+- the chunk is executed open loop (8 actions) before the policy is queried again; with fewer
+  open-loop steps n, ``deque(maxlen=n).extend(chunk)`` keeps the chunk's last n actions;
+- an exception during an episode makes it a failure and the evaluation goes on;
 - gripper: the model predicts [0, 1] with 1 = open; the environment wants -1 = open, +1 = close,
   binarised;
 - statistics key: the suite name, or ``<suite>_no_noops`` (the datasets OFT trained on).
@@ -32,7 +37,7 @@ SUITES = tuple(SUITE_MAX_STEPS)
 NUM_STEPS_WAIT = 10
 ENV_IMAGE_SIZE = 256
 EPISODES_PER_TASK = 50  # init states shipped per task
-ENV_SEED = 0  # OFT seeds each task's environment with 0
+ENV_SEED = 0  # OFT seeds each task's environment with 0, once, when it is made
 NOOP_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # no motion, gripper open
 ACTION_DIM = 7  # delta position (3), delta axis-angle (3), gripper
 PROPRIO_DIM = 8

@@ -1,9 +1,13 @@
 """``vla-pruner eval-libero``: LIBERO success rate per pruning method and keep ratio (paper Table 1).
 
-Follows OpenVLA-OFT's LIBERO protocol (fixed initial states, the suite's step limit, 10 settle
-steps, rotated 256x256 frames, the checkpoint's resize + center crop, open-loop chunks, gripper
-post-processing, the suite's statistics key) with the project's own policy and pruners, loading the
-policy once for every configuration. Results go to --out: episodes.jsonl (resumable: finished
+Follows OpenVLA-OFT's LIBERO protocol (moojink/openvla-oft 213c5ff, run_libero_eval.py: fixed
+initial states, the environment seeded once per task with episodes in order, the suite's step
+limit, 10 settle steps, rotated 256x256 frames, the checkpoint's resize + center crop, open-loop
+chunks, gripper post-processing, the suite's statistics key, an episode that raises counted as a
+failure) with the project's own policy and pruners, loading the policy once for every
+configuration; every configuration sees the same scenes. The one known difference: the JPEG round
+trip + lanczos resize to 224 runs in Pillow, not TensorFlow (README: "Differences from OFT's
+LIBERO evaluation"). Results go to --out: episodes.jsonl (resumable: finished
 episodes are not run again), results.csv, results.json and success_vs_keep.png; videos/ with
 --video N.
 
@@ -54,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--num-steps-wait", type=int, default=NUM_STEPS_WAIT,
                         help=f"settle steps with the no-op action (default {NUM_STEPS_WAIT})")
     parser.add_argument("--open-loop-steps", type=int, default=None,
-                        help="actions executed per chunk before re-querying (default: the whole chunk, 8 for OFT)")
+                        help="actions executed per chunk before re-querying; as OFT's deque(maxlen=n), the LAST "
+                             "n actions of the chunk (default: the whole chunk, 8 for OFT)")
     parser.add_argument("--video", type=int, default=0, metavar="N",
                         help="write a video of the first N episodes of each task and configuration")
     parser.add_argument("--video-format", default="mp4", choices=["mp4", "gif"])
@@ -106,11 +111,16 @@ def seed_everything(seed: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vla_pruner_ros.libero.runner import EvaluationAborted
+
     try:
         return _run(args)
     except ValueError as exc:
         print(f"vla-pruner eval-libero: error: {exc}", file=sys.stderr)
         return 2
+    except EvaluationAborted as exc:
+        print(f"vla-pruner eval-libero: stopped: {exc}", file=sys.stderr)
+        return 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -127,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         parse_task_ids,
     )
     from vla_pruner_ros.libero.results import ResultsStore, check_run_metadata, format_table, summarize, write_reports
-    from vla_pruner_ros.libero.runner import EpisodeSettings, evaluate, make_metadata
+    from vla_pruner_ros.libero.runner import ERRORS_LOG, EpisodeSettings, evaluate, make_metadata
     from vla_pruner_ros.pruning import METHODS, PrunerConfig
 
     started = time.perf_counter()
@@ -201,6 +211,10 @@ def _run(args: argparse.Namespace) -> int:
             paths = write_reports(store, metadata, title=f"{suite_name}: {checkpoint.name}")
     print(format_table(summarize(store.records.values()), per_task=args.per_task))
     print(f"{ran} episode(s) run now, {len(store)} in {store.path}; wall time {time.perf_counter() - started:.1f} s")
+    errors = sum(1 for r in store.records.values() if r.error)
+    if errors:
+        print(f"{errors} episode(s) ended with an exception and count as failures (as in OFT): the 'error' field "
+              f"of {store.path.name}, tracebacks in {out / ERRORS_LOG}")
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
