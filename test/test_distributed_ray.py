@@ -1,0 +1,136 @@
+"""eval-sim on a local 2-CPU Ray cluster: the same per-episode results as the serial run, a worker
+killed mid-run loses only its unit, an interrupted sweep resumes without rerunning a finished unit.
+Skipped where the optional Ray extra (scripts/setup_ray.sh) is not installed, as in CI."""
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra (scripts/setup_ray.sh), not installed here")
+
+from vla_pruner_ros.distributed import RayBackend, SerialBackend, Unit, run_units  # noqa: E402
+from vla_pruner_ros.distributed.eval_sim import SINK_FILE, evaluate_sweep, sink_for, sim_units  # noqa: E402
+
+from test_distributed import outcomes, small_config  # noqa: E402
+
+METHODS, RATIOS, EPISODES = ("fastv", "vla_pruner"), (0.5, 0.25), 3  # 4 configurations x 3 episodes
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One private 2-CPU cluster for the module, always shut down (no raylet left behind)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 ** 2,
+             log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+    assert not _raylets(), "a raylet outlived ray.shutdown()"
+
+
+def _raylets():
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    mine = str(os.getpid())
+    return [line for line in out.splitlines() if "raylet" in line and mine in line.split()[1:2]]
+
+
+@pytest.fixture(scope="module")
+def config(tiny_checkpoint):
+    return small_config(tiny_checkpoint, methods=METHODS, keep_ratios=RATIOS, episodes=EPISODES)
+
+
+@pytest.fixture(scope="module")
+def serial(config, tmp_path_factory):
+    return evaluate_sweep(config, backend=SerialBackend(), progress=False)
+
+
+def _stored_keys(out_dir):
+    lines = (out_dir / SINK_FILE).read_text().splitlines()[1:]
+    return [json.loads(line)["key"] for line in lines]
+
+
+def test_ray_sweep_equals_the_serial_run(cluster, config, serial, tmp_path):
+    backend = RayBackend(workers=2, cpus_per_worker=1, quiet=True)
+    swept = evaluate_sweep(config, backend=backend, sink=sink_for(config, tmp_path), progress=False)
+    assert len(backend.worker_pids) == 2 and os.getpid() not in backend.worker_pids.values()
+    assert len(serial["episodes"]) == 12
+    assert outcomes(swept["episodes"]) == outcomes(serial["episodes"])  # each episode, bit for bit
+    assert outcomes(swept["rows"]) == outcomes(serial["rows"])
+    assert sorted(_stored_keys(tmp_path)) == sorted(u.key for u in sim_units(config))
+
+
+def test_a_killed_worker_loses_only_its_unit(cluster, config, serial, tmp_path):
+    backend = RayBackend(workers=2, cpus_per_worker=1, quiet=True)
+    killed = []
+
+    def kill_one(key, result):
+        if not killed:  # both workers are busy with the next units: kill one mid-episode
+            pid = sorted(backend.worker_pids.values())[0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    swept = evaluate_sweep(config, backend=backend, sink=sink_for(config, tmp_path), progress=False,
+                           on_result=kill_one)
+    assert killed and backend.deaths == 1
+    retried = swept["units"]["retried"]
+    assert len(retried) == 1 and list(retried.values())[0][0].startswith("worker died")
+    keys = _stored_keys(tmp_path)
+    assert sorted(keys) == sorted(u.key for u in sim_units(config))  # every unit exactly once
+    assert outcomes(swept["episodes"]) == outcomes(serial["episodes"])
+
+
+def test_an_interrupted_ray_sweep_resumes_without_rerunning_finished_units(cluster, config, serial, tmp_path):
+    first_ran = []
+
+    def interrupt(key, result):
+        first_ran.append(key)
+        if len(first_ran) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_sweep(config, backend=RayBackend(workers=2, quiet=True), sink=sink_for(config, tmp_path),
+                       progress=False, on_result=interrupt)
+    assert _stored_keys(tmp_path) == first_ran
+    second_ran = []
+    swept = evaluate_sweep(config, backend=RayBackend(workers=2, quiet=True), sink=sink_for(config, tmp_path),
+                           progress=False, on_result=lambda key, result: second_ran.append(key))
+    assert not set(second_ran) & set(first_ran) and len(second_ran) == 12 - 5
+    assert swept["units"]["resumed"] == 5
+    assert sorted(_stored_keys(tmp_path)) == sorted(u.key for u in sim_units(config))
+    assert outcomes(swept["episodes"]) == outcomes(serial["episodes"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ship_this_module_by_value():
+    """Workers import vla_pruner_ros from the working directory but not this test module: its
+    work classes travel by value."""
+    import sys
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+class FailsOn:
+    """A unit that raises the same error on every worker."""
+
+    def __init__(self, bad):
+        self.bad = bad
+
+    def setup(self):
+        return os.getpid()
+
+    def run(self, state, args, tick=None):
+        if args == self.bad:
+            raise ValueError(f"unit {args} is bad")
+        return {"arg": args, "pid": state}
+
+
+def test_a_unit_failing_twice_on_ray_is_reported_and_the_rest_finish(cluster):
+    report = run_units(FailsOn(2), [Unit(f"u{i}", i) for i in range(5)], backend=RayBackend(workers=2, quiet=True))
+    assert list(report.failed) == ["u2"] and report.failed["u2"].attempts == ["ValueError: unit 2 is bad"] * 2
+    assert sorted(report.results) == ["u0", "u1", "u3", "u4"]
+    assert os.getpid() not in {r["pid"] for r in report.results.values()}  # ran in the workers
