@@ -4,9 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from vla_pruner_ros.control.launch_logic import LAUNCH_ARGUMENTS, plan_launch, record_topics
+from vla_pruner_ros.control.launch_logic import LAUNCH_ARGUMENTS, LaunchRefused, plan_launch, record_topics
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def everything_installed(package):
+    return True
+
+
+def on_path(command):
+    return f"/opt/ros/kilted/bin/{command}"
 
 
 def test_sim_plan_starts_policy_sim_arm_and_cameras():
@@ -24,7 +32,7 @@ def test_real_plan_needs_robot_ip_and_includes_xarm_controller():
     with pytest.raises(ValueError, match="robot_ip"):
         plan_launch({"use_sim": "false"})
     plan = plan_launch({"use_sim": "false", "robot_ip": "192.168.1.203", "realsense": "true",
-                        "fixed_camera_serial": "123", "rviz": "true"})
+                        "fixed_camera_serial": "123", "rviz": "true"}, installed=everything_installed)
     assert [n.executable for n in plan.nodes] == ["policy_node"]
     assert plan.nodes[0].parameters[1]["autostart"] is False  # real arm: motion off until enabled
     xarm, *cameras = plan.includes
@@ -36,7 +44,9 @@ def test_real_plan_needs_robot_ip_and_includes_xarm_controller():
 
 
 def test_record_starts_ros2_bag_record_with_the_configured_topics():
-    plan = plan_launch({"record": "true", "record_storage": "sqlite3", "record_dir": "/tmp/run1"})
+    plan = plan_launch({"record": "true", "record_storage": "sqlite3", "record_dir": "/tmp/run1"},
+                       installed=everything_installed, which=on_path)
+    assert plan.record_tool == "ros2 bag record" and plan.messages == ["recording with ros2 bag record (sqlite3)"]
     command = plan.record_command
     assert command[:5] == ["ros2", "bag", "record", "--storage", "sqlite3"]
     assert command[5:7] == ["-o", "/tmp/run1"]
@@ -108,3 +118,83 @@ def test_launch_testing_brings_up_the_simulated_system():
     result = subprocess.run(command + [str(ROOT / "test" / "xarm6_sim.launch_test.py")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("values, missing_package", [
+    ({"rviz": "true"}, "rviz2"),
+    ({"use_sim": "false", "robot_ip": "192.168.1.203"}, "xarm_controller"),
+    ({"use_sim": "false", "robot_ip": "192.168.1.203", "realsense": "true"}, "xarm_controller"),
+])
+def test_an_option_whose_package_is_missing_is_refused_before_anything_starts(values, missing_package):
+    """The launch file calls plan_launch before it returns any action: a refusal starts no node."""
+    looked_up = []
+
+    def installed(package):
+        looked_up.append(package)
+        return package not in ("rviz2", "xarm_controller", "realsense2_camera")
+
+    with pytest.raises(LaunchRefused) as refused:
+        plan_launch(values, installed=installed)
+    message = str(refused.value)
+    assert "\n" not in message and f"needs the ROS 2 package {missing_package}" in message
+    assert "nothing was started" in message
+    assert missing_package in looked_up
+    # With the package there, the same options plan normally.
+    plan = plan_launch(values, installed=everything_installed)
+    assert plan.nodes and plan.record_command is None
+
+
+def test_record_without_rosbag2_falls_back_to_the_projects_recorder():
+    def installed(package):
+        return package not in ("ros2bag", "rosbag2_storage_mcap")
+
+    for which in (on_path, lambda command: None):  # the ros2 command, or no ros2 at all
+        plan = plan_launch({"record": "true", "record_dir": "/tmp/run2"}, installed=installed, which=which)
+        assert plan.record_tool == "vla-pruner record"
+        command = plan.record_command
+        assert command[1:] == ["-m", "vla_pruner_ros.tools.cli", "record", "--storage", "mcap", "-o", "/tmp/run2",
+                               "--topics"] + record_topics()
+        assert any("recording with vla-pruner record (mcap)" in m and "not installed" in m for m in plan.messages)
+    # rosbag2 without its mcap plug-in: sqlite3 is recorded by ros2 bag, mcap by the fallback.
+    def no_mcap(package):
+        return package != "rosbag2_storage_mcap"
+
+    plan = plan_launch({"record": "true"}, installed=no_mcap, which=on_path)
+    assert plan.record_tool == "vla-pruner record"
+    plan = plan_launch({"record": "true", "record_storage": "sqlite3"}, installed=no_mcap, which=on_path)
+    assert plan.record_tool == "ros2 bag record" and "-o" not in plan.record_command
+
+
+def test_the_fallback_recorder_command_records_the_topics(tmp_path):
+    """The command of the fallback really records (same storage, topics of record_topics.yaml)."""
+    import os
+    import subprocess
+    import time
+
+    rclpy = pytest.importorskip("rclpy")
+    from sensor_msgs.msg import JointState
+
+    out = tmp_path / "bag"
+    plan = plan_launch({"record": "true", "record_dir": str(out)}, installed=lambda package: False)
+    rclpy.init()
+    node = rclpy.create_node("fallback_record_probe")
+    publisher = node.create_publisher(JointState, "/joint_states", 10)
+    process = subprocess.Popen(plan.record_command + ["--duration", "8"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            publisher.publish(JointState(name=["joint1"], position=[0.1]))
+            time.sleep(0.05)
+        output = process.communicate(timeout=30)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+        node.destroy_node()
+        rclpy.shutdown()
+    assert process.returncode == 0, output
+    from vla_pruner_ros.bags import describe
+
+    info = describe(out)
+    assert info.storage == "mcap", output
+    assert info.topics["/joint_states"].count > 0, output

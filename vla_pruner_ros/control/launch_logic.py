@@ -8,11 +8,14 @@ processes where ``ros2 launch`` is not available.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from vla_pruner_ros.nodes._startup import EXIT_WITH_PARENT_ENV  # noqa: F401 - the launch file sets it
 
 PACKAGE = "vla_pruner_ros"
 
@@ -39,24 +42,64 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
 }
 
 
-def package_share() -> Path:
-    """The installed share directory, or the source checkout when not built with colcon."""
+class LaunchRefused(ValueError):
+    """A launch argument asks for something this machine cannot do: nothing is started."""
+
+
+SHIPPED_CHECKPOINT = Path("checkpoints") / "xarm6_sim_reach"  # installed to share/vla_pruner_ros/
+TINY_CHECKPOINT = Path("artifacts") / "checkpoints" / "tiny"  # written by scripts/setup.sh (checkout only)
+
+
+def source_root() -> Path | None:
+    """The source checkout this module was imported from, or None when it runs from an install
+    tree (plain ``colcon build`` copies the Python package to lib/python3.X/site-packages)."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "package.xml").is_file() and (root / "launch").is_dir() else None
+
+
+def installed_share() -> Path | None:
+    """share/vla_pruner_ros of the colcon install found through the ament index, if any."""
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        return Path(get_package_share_directory(PACKAGE))
-    except Exception:
-        return Path(__file__).resolve().parents[2]
+        share = Path(get_package_share_directory(PACKAGE))
+    except Exception:  # noqa: BLE001 - not built with colcon, or ament_index not importable
+        return None
+    return share if share.is_dir() else None
+
+
+def data_roots() -> list[Path]:
+    """Where the package's data (config/, checkpoints/, launch/) is looked for, first match wins:
+    $VLA_PRUNER_ROOT (set by .env.sh), the source checkout, the installed share directory."""
+    roots = []
+    if os.environ.get("VLA_PRUNER_ROOT"):
+        roots.append(Path(os.environ["VLA_PRUNER_ROOT"]))
+    for root in (source_root(), installed_share()):
+        if root is not None and root not in roots:
+            roots.append(root)
+    return roots
+
+
+def package_share() -> Path:
+    """The directory holding config/ (and the shipped checkpoint): a checkout's root or the
+    installed share directory."""
+    for root in data_roots():
+        if (root / "config" / "policy.yaml").is_file():
+            return root
+    return Path(__file__).resolve().parents[2]
 
 
 def default_checkpoint() -> str:
-    """The checkpoint the demo uses when none is given: the trained sim policy if present,
-    else the random-weight tiny checkpoint that the set-up writes."""
-    root = Path(os.environ.get("VLA_PRUNER_ROOT", Path(__file__).resolve().parents[2]))
-    for candidate in (root / "checkpoints" / "xarm6_sim_reach", root / "artifacts" / "checkpoints" / "tiny"):
-        if (candidate / "config.json").is_file():
-            return str(candidate)
-    return str(root / "artifacts" / "checkpoints" / "tiny")
+    """The checkpoint the launch and the demo use when none is given: the shipped sim policy
+    (checkpoints/xarm6_sim_reach: in the checkout, or installed to the share directory), else the
+    random-weight tiny checkpoint that scripts/setup.sh writes into a checkout."""
+    roots = data_roots()
+    for relative in (SHIPPED_CHECKPOINT, TINY_CHECKPOINT):
+        for root in roots:
+            if (root / relative / "config.json").is_file():
+                return str(root / relative)
+    searched = ", ".join(str(root / SHIPPED_CHECKPOINT) for root in roots) or "no source checkout or install found"
+    raise LaunchRefused(f"no default checkpoint ({searched}); pass checkpoint:=<OFT checkpoint directory>")
 
 
 def _truthy(text: str) -> bool:
@@ -112,8 +155,30 @@ class IncludeSpec:
 class LaunchPlan:
     nodes: list[NodeSpec]
     includes: list[IncludeSpec]
-    record_command: list[str] | None  # ros2 bag record ... when record:=true
+    record_command: list[str] | None  # the recorder's command line when record:=true
     rviz_config: str | None
+    record_tool: str | None = None  # "ros2 bag record" or "vla-pruner record" (no rosbag2 here)
+    messages: list[str] = field(default_factory=list)  # what the launch says before it starts anything
+
+
+def ros_package_installed(package: str) -> bool:
+    """True when ``package`` is in the ament index (what ``ros2 launch``/``ros2 run`` look in)."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    except ImportError:
+        return False
+    try:
+        get_package_prefix(package)
+    except (PackageNotFoundError, ValueError):
+        return False
+    return True
+
+
+def rosbag2_available(storage: str, installed=ros_package_installed, which=shutil.which) -> bool:
+    """``ros2 bag record --storage <storage>`` can run: the ros2 command, its bag verb and the
+    storage plug-in are installed."""
+    plugin = {"mcap": "rosbag2_storage_mcap", "sqlite3": "rosbag2_storage_default_plugins"}[storage]
+    return bool(which("ros2")) and installed("ros2bag") and installed(plugin)
 
 
 def resolve_arguments(values: dict[str, str]) -> dict[str, str]:
@@ -138,10 +203,19 @@ def record_topics(path: str | os.PathLike | None = None) -> list[str]:
     return topics
 
 
-def plan_launch(values: dict[str, str]) -> LaunchPlan:
+def plan_launch(values: dict[str, str], installed=ros_package_installed, which=shutil.which) -> LaunchPlan:
+    """The nodes, includes, recorder and RViz that these launch arguments ask for.
+
+    Everything an option needs from outside this package (rviz2, xarm_ros2, realsense2_camera) is
+    checked here, before anything starts: a launch that fails half-way would leave the nodes it
+    already started running. ``installed(package)`` and ``which(command)`` are the look-ups (the
+    ament index and PATH by default).
+    """
     args = resolve_arguments(values)
     use_sim = _truthy(args["use_sim"])
     autostart = _truthy(args["autostart"]) if args["autostart"] else use_sim
+    rviz = _truthy(args["rviz"])
+    record = _truthy(args["record"])
     policy_parameters: list = [args["params_file"], {
         "checkpoint": args["checkpoint"],
         "robot_config": args["robot_config"],
@@ -156,7 +230,7 @@ def plan_launch(values: dict[str, str]) -> LaunchPlan:
         nodes.append(NodeSpec("sim_cameras", "sim_cameras", [{"scene_seed": int(args["scene_seed"])}]))
     else:
         if not args["robot_ip"]:
-            raise ValueError("use_sim:=false needs robot_ip:=<address of the xArm controller box>")
+            raise LaunchRefused("use_sim:=false needs robot_ip:=<address of the xArm controller box>")
         includes.append(IncludeSpec("xarm_controller", args["xarm_launch"], {
             "robot_ip": args["robot_ip"],
             "add_gripper": "true" if _truthy(args["add_gripper"]) else "false",
@@ -168,14 +242,45 @@ def plan_launch(values: dict[str, str]) -> LaunchPlan:
                     "camera_namespace": "",
                     "serial_no": f"'{args[camera + '_serial']}'" if args[camera + "_serial"] else "''",
                 }))
-    record_command = None
-    if _truthy(args["record"]):
-        storage = args["record_storage"]
-        if storage not in ("mcap", "sqlite3"):
-            raise ValueError(f"record_storage must be mcap or sqlite3, got {storage!r}")
-        command = ["ros2", "bag", "record", "--storage", storage]
-        if args["record_dir"]:
-            command += ["-o", args["record_dir"]]
-        record_command = command + record_topics()
-    rviz = str(package_share() / "config" / "vla_pruner.rviz") if _truthy(args["rviz"]) else None
-    return LaunchPlan(nodes, includes, record_command, rviz)
+    storage = args["record_storage"]
+    if record and storage not in ("mcap", "sqlite3"):
+        raise LaunchRefused(f"record_storage must be mcap or sqlite3, got {storage!r}")
+    # What the options need, all checked before anything starts.
+    needs = [(include.package, _INSTALL_HINTS.get(include.package, ""), f"use_sim:=false ({include.launch_file})"
+              if include.package == "xarm_controller" else "realsense:=true") for include in includes]
+    if rviz:
+        needs.append(("rviz2", "sudo apt install ros-$ROS_DISTRO-rviz2", "rviz:=true"))
+    missing = {package: (hint, option) for package, hint, option in needs if not installed(package)}
+    if missing:
+        package, (hint, option) = next(iter(missing.items()))
+        more = f" (also missing: {', '.join(list(missing)[1:])})" if len(missing) > 1 else ""
+        raise LaunchRefused(f"{option} needs the ROS 2 package {package}, which is not installed{more}; "
+                            f"nothing was started. Install it ({hint}) or leave the option out")
+    plan = LaunchPlan(nodes, includes, None, None)
+    if record:
+        topics = record_topics()
+        if rosbag2_available(storage, installed, which):
+            command = ["ros2", "bag", "record", "--storage", storage]
+            if args["record_dir"]:
+                command += ["-o", args["record_dir"]]
+            plan.record_command = command + topics
+            plan.record_tool = "ros2 bag record"
+            plan.messages.append(f"recording with ros2 bag record ({storage})")
+        else:
+            # Same topics and storage, written by this package's own recorder (rclpy + rosbags).
+            command = [sys.executable, "-m", f"{PACKAGE}.tools.cli", "record", "--storage", storage]
+            if args["record_dir"]:
+                command += ["-o", args["record_dir"]]
+            plan.record_command = command + ["--topics"] + topics
+            plan.record_tool = "vla-pruner record"
+            plan.messages.append(f"rosbag2 (ros2 bag, {storage} storage) is not installed: recording with "
+                                 f"vla-pruner record ({storage}) instead")
+    if rviz:
+        plan.rviz_config = str(package_share() / "config" / "vla_pruner.rviz")
+    return plan
+
+
+_INSTALL_HINTS = {
+    "xarm_controller": "build xarm_ros2 in this workspace: https://github.com/xArm-Developer/xarm_ros2",
+    "realsense2_camera": "sudo apt install ros-$ROS_DISTRO-realsense2-camera",
+}

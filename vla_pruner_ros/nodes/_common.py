@@ -1,12 +1,16 @@
 """Small helpers shared by the nodes (rclpy only, no logic)."""
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 import time
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
+
+from ._startup import handing_over
 
 
 def stamp_to_seconds(stamp) -> float:
@@ -63,9 +67,33 @@ def shorten_gil_switch_interval(seconds: float = GIL_SWITCH_INTERVAL_S) -> None:
         sys.setswitchinterval(seconds)
 
 
+def _one_line(error: BaseException) -> str:
+    """rcl errors carry a C back-trace and several lines: keep the first meaningful one."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    text = re.sub(r"^failed to initialize rcl: ", "", text)
+    text = re.sub(r"(, at /\S+\.c:\d+)+$", "", text).replace(" Error: error not set", "").strip()
+    return text.rstrip(".")
+
+
+def _default_name(node_factory) -> str:
+    try:
+        return str(inspect.signature(node_factory).parameters["node_name"].default)
+    except (KeyError, TypeError, ValueError):
+        return "node"
+
+
 def spin_node(node_factory, args=None, num_threads: int = 4) -> int:
     """Create a node, spin it with a multi-threaded executor, shut down cleanly on Ctrl-C."""
-    rclpy.init(args=args)
+    try:
+        # Signals go from the start-up handling (_startup.begin) to rclpy's without a gap.
+        with handing_over():
+            rclpy.init(args=args)
+    except KeyboardInterrupt:
+        return 0
+    except Exception as error:  # e.g. a malformed --params-file or -p value: one line, no rcl traceback
+        print(f"[{_default_name(node_factory)}] fatal: invalid ROS arguments: {_one_line(error)}", file=sys.stderr)
+        return 1
     node = None
     # Made before the node: a Ctrl-C while the node starts (e.g. loads a model) then finds the
     # executor whole, and nothing half-built is left to the garbage collector.

@@ -102,7 +102,11 @@ def run(args) -> int:
     from vla_pruner_ros.control.launch_logic import plan_launch
 
     values = _launch_values(args)
-    plan = plan_launch(values)
+    try:
+        plan = plan_launch(values)
+    except ValueError as error:  # a bad launch argument, no checkpoint, a missing package: one line
+        print(f"[demo] error: {error}", file=sys.stderr)
+        return 2
     policy_spec = next(spec for spec in plan.nodes if spec.executable == "policy_node")
     overrides = policy_spec.parameters[1]
     if args.method:
