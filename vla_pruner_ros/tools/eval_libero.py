@@ -102,12 +102,17 @@ def resolve_center_crop(checkpoint: Path, choice: str) -> bool:
 
 
 def seed_everything(seed: int) -> None:
+    """OFT's ``set_seed_everywhere``: Python, numpy and torch seeds, deterministic cuDNN. (The
+    scenes do not depend on it: LIBERO is seeded per task, see runner.SceneSeeds.)"""
     import numpy as np
     import torch
 
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def run(args: argparse.Namespace) -> int:
