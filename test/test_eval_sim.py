@@ -186,3 +186,37 @@ def test_cli_argument_parsing(tmp_path, capsys):
     args = parser.parse_args(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "out")])
     assert eval_sim.run(args) == 2  # not a checkpoint directory
     assert "no config.json" in capsys.readouterr().err
+
+
+class _NoCalls:
+    """A policy that must not be asked anything: every episode comes from the log."""
+
+    def __init__(self, policy):
+        self.num_visual_tokens, self.num_layers = policy.num_visual_tokens, policy.num_layers
+
+    def set_pruner(self, config):
+        pass
+
+    def predict(self, *args, **kwargs):
+        raise AssertionError("an episode already in the log was run again")
+
+
+def test_episode_log_resumes_and_refuses_other_settings(shipped_policy, tmp_path):
+    from vla_pruner_ros.training.evaluate import EpisodeLog
+
+    def short_env(config):
+        return SimEnv(seed=config.seed, image_size=(224, 224), max_steps=4, task=config.task)
+
+    config = EvalConfig(checkpoint=str(SHIPPED), methods=("none", "fastv"), keep_ratios=(0.5,), episodes=2,
+                        seed=7, include_expert=False)
+    log = tmp_path / "episodes.jsonl"
+    first = evaluate(config, progress=False, policy=shipped_policy, make_env=short_env, log_path=log)
+    assert len(log.read_text().splitlines()) == 1 + 4  # settings + one line per episode
+    again = evaluate(config, progress=False, policy=_NoCalls(shipped_policy), make_env=short_env, log_path=log)
+    for key in ("episodes", "rows"):  # (compared as JSON text: NaN == NaN there)
+        assert json.dumps(again[key], sort_keys=True) == json.dumps(first[key], sort_keys=True)
+    with open(log, "a") as f:
+        f.write('{"method": "none", "keep_ra')  # a line cut short by a kill is skipped
+    assert len(EpisodeLog(log, config).done) == 4
+    with pytest.raises(ValueError, match="other settings"):
+        EpisodeLog(log, EvalConfig(checkpoint=str(SHIPPED), seed=8))

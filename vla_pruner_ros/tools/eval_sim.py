@@ -8,7 +8,8 @@ simulated reach task (identical seeded scenes for every configuration).
 Prints the table and the paired protocol (McNemar against each --reference, success on episodes with
 a pruned call, success against radius, FLOPs really spent) and writes results.json, results.csv,
 table.txt, success_vs_keep_ratio.png, paired.json, paired.txt, radius_curve.png and
-final_error_hist.png to --out.
+final_error_hist.png to --out.  Every finished episode is appended to --out/episodes.jsonl; running the
+same command again resumes (logged episodes are reused, not rerun).
 """
 from __future__ import annotations
 
@@ -68,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"eval-sim: {error}", file=sys.stderr)
         return 2
-    results = evaluate(config)
+    try:
+        results = evaluate(config, log_path=Path(args.out) / "episodes.jsonl")
+    except ValueError as error:
+        print(f"eval-sim: {error}", file=sys.stderr)
+        return 2
     command = "vla-pruner eval-sim " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if len(sys.argv) > 1 and sys.argv[1] == "eval-sim" else None
     paths = write_results(results, args.out, command=command, references=args.reference, radii=args.radii)

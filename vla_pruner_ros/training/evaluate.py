@@ -27,6 +27,7 @@ The default factory is ``SimEnv`` with ``config.task``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -212,12 +213,54 @@ def default_env(config: EvalConfig) -> SimEnv:
     return SimEnv(seed=config.seed, image_size=RENDER_SIZE, control_period=config.control_period, task=config.task)
 
 
+class EpisodeLog:
+    """Append-only JSON lines of finished episodes, so a long evaluation survives being stopped:
+    a rerun with the same settings skips the episodes already logged.  The first line holds the
+    settings; a log written under other settings (other checkpoint, task, seeds, ...) is refused."""
+
+    IDENTITY = ("checkpoint", "task", "seed", "actions_per_step", "control_period", "max_joint_velocity",
+                "prune_layer", "window", "dtype")
+
+    def __init__(self, path: str | os.PathLike, config: EvalConfig):
+        self.path = Path(path)
+        self.done: dict[tuple[str, float, int], EpisodeResult] = {}
+        identity = {key: getattr(config, key) for key in self.IDENTITY}
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            with open(self.path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            header = json.loads(lines[0])
+            if header.get("settings") != json.loads(json.dumps(identity)):
+                raise ValueError(f"{self.path} was written with other settings {header.get('settings')}; "
+                                 f"expected {identity} (use another --out or delete the log)")
+            names = {f.name for f in dataclasses.fields(EpisodeResult)}
+            for line in lines[1:]:
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                key = (data.pop("method"), round(float(data.pop("keep_ratio")), 6), int(data["seed"]))
+                self.done[key] = EpisodeResult(**{k: v for k, v in data.items() if k in names})
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"settings": identity}) + "\n", encoding="utf-8")
+
+    def get(self, method: str, keep_ratio: float, seed: int) -> EpisodeResult | None:
+        return self.done.get((method, round(float(keep_ratio), 6), int(seed)))
+
+    def add(self, method: str, keep_ratio: float, result: EpisodeResult) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"method": method, "keep_ratio": keep_ratio, **asdict(result)}, default=float) + "\n")
+
+
 def evaluate(config: EvalConfig, progress: bool = True, policy=None,
-             make_env: Callable[[EvalConfig], object] | None = None) -> dict:
+             make_env: Callable[[EvalConfig], object] | None = None,
+             log_path: str | os.PathLike | None = None) -> dict:
     """Run every configuration; returns {"config", "expert", "rows", "episodes", "wall_s"}.
     ``policy``: an already loaded policy (default: ``load_policy(config.checkpoint)``).
     ``make_env``: the task's environment factory (default ``default_env``; see the module doc);
-    the scripted-expert row is only computed for the default environment."""
+    the scripted-expert row is only computed for the default environment.
+    ``log_path``: an ``EpisodeLog`` (JSON lines): every finished episode is appended, and episodes
+    already there are reused instead of run again (resume)."""
     import torch
 
     from ..model import load_policy
@@ -234,25 +277,34 @@ def evaluate(config: EvalConfig, progress: bool = True, policy=None,
     env = (make_env or default_env)(config)
     expert = evaluate_expert(config) if config.include_expert and make_env is None else None
     pairs = config.configurations()
+    log = EpisodeLog(log_path, config) if log_path is not None else None
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(pairs) * config.episodes, desc="eval-sim", unit="ep", dynamic_ncols=True)
     rows, episodes_out = [], []
+    by_config: dict[tuple[str, float], list[EpisodeResult]] = {pair: [] for pair in pairs}
     try:
-        for method, ratio in pairs:
-            pruner = config.pruner(method, ratio)
-            policy.set_pruner(pruner)
-            budget = pruner.budget(policy.num_visual_tokens) if pruner else policy.num_visual_tokens
-            results = []
-            for i in range(config.episodes):
-                result = run_episode(policy, env, config.seed + i, robot, config.actions_per_step,
-                                     config.max_joint_velocity, task=config.task)
+        # Seed-major: every configuration runs scene i before any runs scene i + 1, so a run stopped
+        # early (see EpisodeLog) still holds the same episodes for every configuration (paired).
+        for i in range(config.episodes):
+            for method, ratio in pairs:
+                results = by_config[(method, ratio)]
+                result = log.get(method, ratio, config.seed + i) if log is not None else None
+                if result is None:
+                    policy.set_pruner(config.pruner(method, ratio))
+                    result = run_episode(policy, env, config.seed + i, robot, config.actions_per_step,
+                                         config.max_joint_velocity, task=config.task)
+                    if log is not None:
+                        log.add(method, ratio, result)
                 results.append(result)
                 if bar is not None:
                     bar.update(1)
                     rate = sum(r.success for r in results) / len(results)
                     bar.set_postfix({"config": f"{method}@{ratio:g}", "success": f"{rate:.0%}"})
+        for (method, ratio), results in by_config.items():
+            pruner = config.pruner(method, ratio)
+            budget = pruner.budget(policy.num_visual_tokens) if pruner else policy.num_visual_tokens
             rows.append(summarize(method, ratio, results, policy.num_visual_tokens, budget))
             episodes_out.extend({"method": method, "keep_ratio": ratio, **_episode_dict(r)} for r in results)
     finally:
