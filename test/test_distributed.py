@@ -186,3 +186,90 @@ def test_eval_sim_units_equal_the_serial_loop_and_resume_runs_nothing(tiny_check
     assert grown["units"]["ran"] == 2 and grown["episodes"][:2] == swept["episodes"][:2]
     with pytest.raises(ValueError, match="different run"):
         sink_for(small_config(tiny_checkpoint, window=3), tmp_path)
+
+
+# ------------------------------------------------------------------------- replay as units
+REPLAY_TIMING = ("_ms", "online_total_ms")
+
+
+def replay_rows(path):
+    """steps.csv without its timing columns."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if not k.endswith(REPLAY_TIMING)} for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def replay_setup(tmp_path_factory):
+    from vla_pruner_ros.model import make_checkpoint
+    from vla_pruner_ros.replay.simbag import SimBagSpec, write_sim_bag
+
+    root = tmp_path_factory.mktemp("replay_units")
+    checkpoint = make_checkpoint("tiny", root / "tiny", seed=0, image_size=112)
+    bags = [write_sim_bag(root / name, "mcap", SimBagSpec(duration_s=1.2)).path for name in ("a", "b")]
+    return checkpoint, bags, root
+
+
+def replay_cli(checkpoint, bags, out, *extra):
+    import contextlib
+    import io
+
+    import torch
+
+    from vla_pruner_ros.tools.cli import main as cli
+
+    printed, threads = io.StringIO(), torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(printed):
+            code = cli(["replay", *map(str, bags), "--checkpoint", str(checkpoint), "--methods", "vla_pruner",
+                        "--keep", "0.5", "--window", "2", "--out", str(out), "--quiet", "--threads", "1",
+                        "--no-plots", *extra])
+    finally:
+        torch.set_num_threads(threads)
+    return code, printed.getvalue()
+
+
+def test_replay_units_equal_run_replay(replay_setup):
+    from vla_pruner_ros.control.robot_config import load_robot_config
+    from vla_pruner_ros.model import load_policy
+    from vla_pruner_ros.replay import ReplayConfig, run_replay
+    from vla_pruner_ros.replay.runs import PolicySource, ReplayWork, SpecRun, TimelineSource, assemble, replay_units
+    from vla_pruner_ros.distributed.sink import decode, encode
+
+    checkpoint, bags, _ = replay_setup
+    robot, config = load_robot_config(), ReplayConfig(methods=("vla_pruner",), keep_ratios=(0.5,), window=2)
+    source = TimelineSource(str(bags[0]))
+    timeline = source.load(robot)
+    plain = run_replay(load_policy(checkpoint), robot, timeline, config)
+    work = ReplayWork(PolicySource(str(checkpoint), threads=1), robot, config, {"a": source})
+    report = run_units(work, replay_units(config, ["a"]))
+    # through JSON and back, as a resumed run reads them
+    runs = {key.split("/", 1)[1]: SpecRun.from_dict(decode(json.loads(json.dumps(encode(value)))))
+            for key, value in report.results.items()}
+    swept = assemble(config, timeline, runs)
+    timing = lambda rows: [{k: v for k, v in r.items() if not k.endswith(REPLAY_TIMING)} for r in rows]  # noqa: E731
+    assert json.dumps(timing(swept.rows)) == json.dumps(timing(plain.rows))
+    for name in plain.kept:
+        assert np.array_equal(swept.kept[name], plain.kept[name])
+    assert np.array_equal(swept.s_vl, plain.s_vl) and np.array_equal(swept.s_act, plain.s_act)
+    assert swept.grids == plain.grids and swept.view_names == plain.view_names
+
+
+def test_replay_of_two_bags_writes_a_folder_each_and_resumes(replay_setup):
+    checkpoint, bags, root = replay_setup
+    out = root / "out"
+    code, printed = replay_cli(checkpoint, bags, out)
+    assert code == 0, printed
+    units = (out / "units.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in units[1:]] == ["a/none", "a/vla_pruner@0.5", "b/none",
+                                                               "b/vla_pruner@0.5"]
+    first = {bag: (out / bag / "steps.csv").read_text() for bag in ("a", "b")}
+    assert all(replay_rows(out / bag / "steps.csv") for bag in first)
+    code, printed = replay_cli(checkpoint, bags, out)  # again: every run is taken from units.jsonl
+    assert code == 0 and "4 run(s) taken from" in printed
+    assert (out / "units.jsonl").read_text().splitlines() == units
+    assert {bag: (out / bag / "steps.csv").read_text() for bag in ("a", "b")} == first  # timings included
+    code, printed = replay_cli(checkpoint, bags[:1], root / "one")  # one bag: --out is its folder
+    assert code == 0 and (root / "one" / "steps.csv").is_file()
+    assert replay_rows(root / "one" / "steps.csv") == replay_rows(out / "a" / "steps.csv")

@@ -23,7 +23,7 @@ from ..control.runner import PolicyRunner, view_grids
 from ..pruning import METHODS
 from .attention import ANALYSIS_LAYERS, AttentionLayers, analysis_layers, unpruned_attention
 from .metrics import OVERLAP_FRACTIONS, action_deviation, fraction_label, overlap_series
-from .observations import ReplayTimeline
+from .observations import ReplayTimeline, ReplayTopics, load_timeline
 
 REFERENCE = "none"
 STAGES = ("preprocess", "vision", "llm_prefix", "select", "llm_suffix", "action_head", "total")
@@ -121,73 +121,136 @@ def _crop_scale(policy) -> float:
     return math.sqrt(CENTER_CROP_AREA) if getattr(processor, "center_crop", False) else 1.0
 
 
-def run_replay(policy, robot: RobotConfig, timeline: ReplayTimeline, config: ReplayConfig = ReplayConfig(),
-               progress: Callable[[RunSpec, int], None] | None = None) -> ReplayResult:
-    """Every run of ``config`` over every step of ``timeline``; ``progress(spec, step)`` is called
-    after each step."""
-    steps = timeline.steps
-    if not steps:
-        raise ValueError("the timeline has no step to run")
-    num_layers = int(policy.num_layers)
+@dataclass
+class SpecRun:
+    """One run (method x keep ratio) over every step of a timeline: what a replay unit returns.
+    The rows' action deviations are NaN until ``assemble`` compares them with the reference run."""
+
+    name: str
+    rows: list[dict]
+    kept: np.ndarray  # (steps, M) bool
+    actions: np.ndarray  # (steps, chunk, action_dim), robot units
+    normalized_actions: np.ndarray  # (steps, chunk, action_dim), the model's [-1, 1] space
+    grids: list  # patch (rows, cols) of each view
+    view_names: tuple
+    crop_scale: float
+    num_layers: int
+    s_vl: np.ndarray | None = None  # (steps, M): the reference run only
+    s_act: np.ndarray | None = None
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SpecRun":
+        data = dict(data)
+        data["grids"] = [tuple(int(v) for v in grid) for grid in data["grids"]]
+        data["view_names"] = tuple(data["view_names"])
+        return cls(**data)
+
+
+def check_layers(config: ReplayConfig, num_layers: int) -> AttentionLayers:
+    """The analysis layers, after checking that the prune layer K exists in the model."""
     if not 1 <= config.prune_layer < num_layers:
         raise ValueError(f"prune_layer={config.prune_layer}: the model has {num_layers} LLM layers, "
                          f"so K must be in 1..{num_layers - 1}")
-    layers = analysis_layers(config.analysis_layers, num_layers, config.prune_layer)
-    specs = run_specs(config)
-    num_visual = int(policy.num_visual_tokens)
-    episodes = np.array([step.episode for step in steps])
-    s_vl = np.zeros((len(steps), num_visual), dtype=np.float32)
-    s_act = np.zeros((len(steps), num_visual), dtype=np.float32)
-    reference_actions: list[np.ndarray] = []
-    reference_normalized: list[np.ndarray] = []
-    rows, kept = [], {}
+    return analysis_layers(config.analysis_layers, num_layers, config.prune_layer)
 
-    # One untimed forward first: the first call of a model pays for allocations and lazy set-up.
-    first = steps[0].observation
+
+def warm_up(policy, robot: RobotConfig, timeline: ReplayTimeline) -> None:
+    """One untimed forward: the first call of a model pays for allocations and lazy set-up."""
+    first = timeline.steps[0].observation
     policy.set_pruner(None)
     policy.predict(images=first.images, proprio=robot.proprio(first.joint_positions, first.gripper_position),
                    instruction=first.instruction)
 
-    grids = None
-    for spec in specs:
-        runner = PolicyRunner(policy, robot)
-        runner.reset()  # forget the previous run's history (and its instruction)
-        kept_mask = np.zeros((len(steps), num_visual), dtype=bool)
-        for step in steps:
-            if step.new_episode and step.index > 0:
-                runner.reset()
-            result = runner.step(step.observation, spec.settings)
-            out = result.output
-            grids = grids or view_grids(out)
-            kept_mask[step.index, np.asarray(out.kept_indices, dtype=np.int64)] = True
-            if spec.is_reference:
-                reference_actions.append(out.actions)
-                reference_normalized.append(out.normalized_actions)
-                observation = step.observation
-                proprio = robot.proprio(observation.joint_positions, observation.gripper_position)
-                scores = unpruned_attention(policy, observation.images, proprio, observation.instruction, layers)
-                s_vl[step.index], s_act[step.index] = scores.s_vl, scores.s_act
-            l1, worst = action_deviation(out.actions, reference_actions[step.index])
-            l1_normalized, _ = action_deviation(out.normalized_actions, reference_normalized[step.index])
-            rows.append(_row(spec, step, timeline, result, l1, worst, float(l1_normalized.mean())))
-            if progress is not None:
-                progress(spec, step.index)
-        kept[spec.name] = kept_mask
 
-    overlaps = overlap_series(s_vl, s_act, episodes)
+def run_spec(policy, robot: RobotConfig, timeline: ReplayTimeline, spec: RunSpec, layers: AttentionLayers,
+             progress: Callable[[RunSpec, int], None] | None = None) -> SpecRun:
+    """One run over every step, with a fresh runner: the pruner's temporal state is carried from step
+    to step as online and reset where the online episode was. The reference run also reads the
+    unpruned attention scores (one extra untimed forward per step)."""
+    steps = timeline.steps
+    num_visual = int(policy.num_visual_tokens)
+    runner = PolicyRunner(policy, robot)
+    runner.reset()  # forget the previous run's history (and its instruction)
+    kept_mask = np.zeros((len(steps), num_visual), dtype=bool)
+    s_vl = np.zeros((len(steps), num_visual), dtype=np.float32) if spec.is_reference else None
+    s_act = np.zeros((len(steps), num_visual), dtype=np.float32) if spec.is_reference else None
+    actions, normalized, rows, grids = [], [], [], None
+    for step in steps:
+        if step.new_episode and step.index > 0:
+            runner.reset()
+        result = runner.step(step.observation, spec.settings)
+        out = result.output
+        grids = grids or view_grids(out)
+        kept_mask[step.index, np.asarray(out.kept_indices, dtype=np.int64)] = True
+        actions.append(np.asarray(out.actions))
+        normalized.append(np.asarray(out.normalized_actions))
+        if spec.is_reference:
+            observation = step.observation
+            proprio = robot.proprio(observation.joint_positions, observation.gripper_position)
+            scores = unpruned_attention(policy, observation.images, proprio, observation.instruction, layers)
+            s_vl[step.index], s_act[step.index] = scores.s_vl, scores.s_act
+        rows.append(_row(spec, step, timeline, result, actions[-1].shape[1]))
+        if progress is not None:
+            progress(spec, step.index)
+    return SpecRun(name=spec.name, rows=rows, kept=kept_mask, actions=np.stack(actions),
+                   normalized_actions=np.stack(normalized), grids=list(grids), view_names=tuple(policy.view_names),
+                   crop_scale=_crop_scale(policy), num_layers=int(policy.num_layers), s_vl=s_vl, s_act=s_act)
+
+
+def assemble(config: ReplayConfig, timeline: ReplayTimeline, runs: dict[str, SpecRun]) -> ReplayResult:
+    """The replay's result from its runs (any order, from any worker): the action deviation of every
+    step from the reference run's, and the attention overlap series."""
+    specs = run_specs(config)
+    missing = [spec.name for spec in specs if spec.name not in runs]
+    if missing:
+        raise ValueError(f"assemble: no run for {missing}")
+    reference = runs[REFERENCE]
+    layers = check_layers(config, reference.num_layers)
+    episodes = np.array([step.episode for step in timeline.steps])
+    rows = []
+    for spec in specs:
+        run = runs[spec.name]
+        for index, row in enumerate(run.rows):
+            l1, worst = action_deviation(run.actions[index], reference.actions[index])
+            l1_normalized, _ = action_deviation(run.normalized_actions[index], reference.normalized_actions[index])
+            row = dict(row)
+            row["dev_l1"] = float(l1.mean())  # mean |a - a_ref| over the chunk and the action dimensions
+            row["dev_max"] = float(worst.max())  # largest |a - a_ref| anywhere in the chunk
+            row["dev_l1_normalized"] = float(l1_normalized.mean())  # the same L1 in the model's [-1, 1] space
+            for dim, value in enumerate(l1):
+                row[f"dev_l1_d{dim}"] = float(value)
+            for dim, value in enumerate(worst):
+                row[f"dev_max_d{dim}"] = float(value)
+            rows.append(row)
+    overlaps = overlap_series(reference.s_vl, reference.s_act, episodes)
     for row in rows:
         if row["config"] != REFERENCE:
             continue
         for kind, series in overlaps.items():
             for fraction in OVERLAP_FRACTIONS:
                 row[f"overlap_{kind}_{fraction_label(fraction)}"] = float(series[fraction][row["step"]])
-    return ReplayResult(specs=specs, rows=rows, kept=kept, s_vl=s_vl, s_act=s_act, layers=layers,
-                        view_names=tuple(policy.view_names), grids=grids, crop_scale=_crop_scale(policy),
-                        action_dim=int(reference_actions[0].shape[1]), overlaps=overlaps)
+    return ReplayResult(specs=specs, rows=rows, kept={spec.name: runs[spec.name].kept for spec in specs},
+                        s_vl=reference.s_vl, s_act=reference.s_act, layers=layers, view_names=reference.view_names,
+                        grids=[tuple(grid) for grid in reference.grids], crop_scale=reference.crop_scale,
+                        action_dim=int(reference.actions.shape[2]), overlaps=overlaps)
 
 
-def _row(spec: RunSpec, step, timeline: ReplayTimeline, result, l1: np.ndarray, worst: np.ndarray,
-         l1_normalized: float) -> dict:
+def run_replay(policy, robot: RobotConfig, timeline: ReplayTimeline, config: ReplayConfig = ReplayConfig(),
+               progress: Callable[[RunSpec, int], None] | None = None) -> ReplayResult:
+    """Every run of ``config`` over every step of ``timeline``, here, one after the other;
+    ``progress(spec, step)`` is called after each step. (``ReplayWork`` runs the same runs as units.)"""
+    if not timeline.steps:
+        raise ValueError("the timeline has no step to run")
+    layers = check_layers(config, int(policy.num_layers))
+    warm_up(policy, robot, timeline)
+    runs = {spec.name: run_spec(policy, robot, timeline, spec, layers, progress) for spec in run_specs(config)}
+    return assemble(config, timeline, runs)
+
+
+def _row(spec: RunSpec, step, timeline: ReplayTimeline, result, action_dim: int) -> dict:
     """One CSV row: what the step was, what it cost, how far its actions are from unpruned."""
     out, stats = result.output, result.stats_fields()
     row = {
@@ -211,13 +274,13 @@ def _row(spec: RunSpec, step, timeline: ReplayTimeline, result, l1: np.ndarray, 
     for stage in STAGES:
         row[f"{stage}_ms"] = float(timings.get(stage, float("nan")))
     row["runner_ms"] = float(result.wall_ms)
-    row["dev_l1"] = float(l1.mean())  # mean |a - a_ref| over the chunk and the action dimensions
-    row["dev_max"] = float(worst.max())  # largest |a - a_ref| anywhere in the chunk
-    row["dev_l1_normalized"] = l1_normalized  # the same L1 in the model's [-1, 1] action space
-    for dim, value in enumerate(l1):
-        row[f"dev_l1_d{dim}"] = float(value)
-    for dim, value in enumerate(worst):
-        row[f"dev_max_d{dim}"] = float(value)
+    # Filled by assemble() from the reference run; here only their places in the row.
+    for name in ("dev_l1", "dev_max", "dev_l1_normalized"):
+        row[name] = float("nan")
+    for dim in range(action_dim):
+        row[f"dev_l1_d{dim}"] = float("nan")
+    for dim in range(action_dim):
+        row[f"dev_max_d{dim}"] = float("nan")
     row["pool_vl"] = stats["pool_vl"]
     row["pool_act"] = stats["pool_act"]
     row["pool_dual"] = stats["pool_dual"]
@@ -249,3 +312,92 @@ def same_pruner_settings(online: dict, spec: RunSpec) -> bool:
     return (online["method"] == spec.method and abs(online["keep_ratio"] - spec.keep_ratio) < 1e-6
             and online["prune_layer"] == settings.prune_layer and online["smoothing"] == settings.smoothing
             and online["window"] == settings.window and abs(online["decay"] - settings.decay) < 1e-6)
+
+
+# ----------------------------------------------------------------------------- units (Ray)
+@dataclass(frozen=True)
+class PolicySource:
+    """How a worker loads the policy (``model.load_policy``'s arguments, and torch threads)."""
+
+    checkpoint: str
+    device: str | None = None  # None: auto
+    dtype: str | None = None  # "float32", "bfloat16", "float16"; None: auto
+    unnorm_key: str | None = None
+    center_crop: bool | None = None
+    threads: int | None = None
+
+    def load(self):
+        import torch
+
+        from ..model import load_policy
+
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        return load_policy(self.checkpoint, device=self.device, dtype=getattr(torch, self.dtype) if self.dtype else None,
+                           unnorm_key=self.unnorm_key, center_crop=self.center_crop)
+
+
+@dataclass(frozen=True)
+class TimelineSource:
+    """How a worker rebuilds a bag's timeline (``observations.load_timeline``'s arguments)."""
+
+    bag: str
+    topics: ReplayTopics = ReplayTopics()
+    step_source: str = "auto"
+    step_period: float = NodeSettings().step_period
+    max_input_age: float = NodeSettings().max_input_age
+    instruction: str | None = None
+    max_steps: int | None = None
+
+    def load(self, robot: RobotConfig) -> ReplayTimeline:
+        return load_timeline(self.bag, robot, self.topics, step_source=self.step_source,
+                             step_period=self.step_period, max_input_age=self.max_input_age,
+                             instruction=self.instruction, max_steps=self.max_steps)
+
+
+def replay_units(config: ReplayConfig, bag_keys) -> list:
+    """One unit per (bag, run), bag by bag, the reference run of each bag first."""
+    from ..distributed import Unit
+
+    return [Unit(f"{bag}/{spec.name}", (bag, spec.name)) for bag in bag_keys for spec in run_specs(config)]
+
+
+@dataclass
+class ReplayWork:
+    """A worker's part of a replay: ``setup`` loads the policy once; a unit is one run over one bag
+    (``run_spec``) and returns ``SpecRun.to_dict()``. A worker reads a bag once and keeps only the
+    bag it is on. ``loaded`` / ``timelines``: what this process already has (never shipped to Ray)."""
+
+    policy: PolicySource
+    robot: RobotConfig
+    config: ReplayConfig
+    bags: dict  # bag key -> TimelineSource
+    loaded: object = field(default=None, repr=False, compare=False)
+    timelines: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["loaded"], state["timelines"] = None, {}
+        return state
+
+    def setup(self) -> dict:
+        policy = self.loaded if self.loaded is not None else self.policy.load()
+        return {"policy": policy, "layers": check_layers(self.config, int(policy.num_layers)),
+                "timelines": dict(self.timelines), "warmed": set(), "specs": {s.name: s for s in run_specs(self.config)}}
+
+    def run(self, state: dict, args, tick=None) -> dict:
+        bag, name = args
+        timelines = state["timelines"]
+        if bag not in timelines:
+            for other in [key for key in timelines if key not in self.timelines]:
+                del timelines[other]  # one bag read here at a time
+            timelines[bag] = self.bags[bag].load(self.robot)
+        timeline = timelines[bag]
+        if not timeline.steps:
+            raise ValueError(f"{self.bags[bag].bag}: every step was held, nothing to run")
+        policy = state["policy"]
+        if bag not in state["warmed"]:
+            warm_up(policy, self.robot, timeline)
+            state["warmed"].add(bag)
+        progress = (lambda spec, step: tick(1)) if tick is not None else None
+        return run_spec(policy, self.robot, timeline, state["specs"][name], state["layers"], progress).to_dict()

@@ -5,6 +5,11 @@ policy and the paper's attention analyses (rows, summary JSON, plots, a terminal
     vla-pruner replay episode_0 --checkpoint checkpoints/sim \\
         --methods none,fastv,vla_pruner --keep 0.5,0.25,0.125 --out replay_episode_0
 
+Several bags: one output folder each under --out (default ./replay). Every (bag, method x keep
+ratio) run is a unit: finished units are kept in units.jsonl and not run again when the command
+is repeated (--no-resume starts over), and with --ray the units run on Ray workers that each load
+the policy once (see ``vla_pruner_ros.distributed``).
+
 See ``vla_pruner_ros.replay`` for how steps and observations are rebuilt.
 """
 from __future__ import annotations
@@ -12,11 +17,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from vla_pruner_ros.control.params import NodeSettings
 
 DEFAULTS = NodeSettings()
+UNITS_FILE = "units.jsonl"
 
 
 def _csv_list(text: str, convert, what: str) -> tuple:
@@ -28,7 +35,8 @@ def _csv_list(text: str, convert, what: str) -> tuple:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bag", type=Path, help="rosbag2 directory, .mcap or .db3 file")
+    parser.add_argument("bag", type=Path, nargs="+",
+                        help="rosbag2 directory, .mcap or .db3 file; several: one output folder each under --out")
     parser.add_argument("--checkpoint", required=True, type=Path, metavar="DIR", help="OFT checkpoint directory")
     parser.add_argument("--methods", default="none,fastv,vla_pruner",
                         help="comma-separated pruning methods; 'none' (the unpruned reference) always runs")
@@ -62,18 +70,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
     parser.add_argument("--analysis-layers", choices=("pruner", "all"), default="pruner",
                         help="layers of the Fig. 2 analysis: the pruner's (S_vl at K-1, S_act latter half) or all")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default ./replay_<bag>)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="output folder (default ./replay_<bag>; several bags: ./replay/<bag>/)")
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv", help="per-step rows format")
     parser.add_argument("--sheet-keep", type=float, default=None,
                         help="keep ratio of the contact sheet (default: the middle one of --keep)")
     parser.add_argument("--sheet-steps", default=None, help="comma-separated steps of the contact sheet")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-resume", action="store_true",
+                        help=f"run every unit again (default: units already in {UNITS_FILE} are not rerun)")
+    from vla_pruner_ros.distributed import add_ray_arguments
+
+    add_ray_arguments(parser)
 
 
 def default_out_dir(bag: Path) -> Path:
+    return Path.cwd() / f"replay_{_bag_name(bag)}"
+
+
+def _bag_name(bag: Path) -> str:
     name = bag.name if bag.is_dir() or bag.suffix not in (".mcap", ".db3") else bag.stem
-    return Path.cwd() / f"replay_{name or 'bag'}"
+    return name or "bag"
 
 
 def _error(text: str, code: int) -> int:
@@ -81,11 +99,28 @@ def _error(text: str, code: int) -> int:
     return code
 
 
+def _out_dirs(args) -> tuple[dict[str, Path], Path]:
+    """bag key -> output folder, and the folder of units.jsonl. One bag: --out itself."""
+    if len(args.bag) == 1:
+        out = args.out or default_out_dir(args.bag[0])
+        return {_bag_name(args.bag[0]): out}, out
+    root = args.out or Path.cwd() / "replay"
+    dirs: dict[str, Path] = {}
+    for bag in args.bag:
+        key, n = _bag_name(bag), 2
+        while key in dirs:
+            key, n = f"{_bag_name(bag)}_{n}", n + 1
+        dirs[key] = root / key
+    return dirs, root
+
+
 def run(args: argparse.Namespace) -> int:
     from vla_pruner_ros.bags import BagError
     from vla_pruner_ros.control.robot_config import load_robot_config
-    from vla_pruner_ros.replay import ReplayConfig, ReplayTopics, load_timeline, run_replay, run_specs
+    from vla_pruner_ros.distributed import JsonlSink, WorkerSetupError, backend_from_args, run_units
+    from vla_pruner_ros.replay import ReplayConfig, ReplayTopics, run_specs
     from vla_pruner_ros.replay.report import parquet_available
+    from vla_pruner_ros.replay.runs import PolicySource, ReplayWork, SpecRun, TimelineSource, assemble, replay_units
 
     try:
         config = ReplayConfig(
@@ -101,44 +136,106 @@ def run(args: argparse.Namespace) -> int:
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads {args.threads}: expected at least 1")
         robot = load_robot_config(args.robot_config)
+        backend = backend_from_args(args, device=args.device, threads=args.threads,
+                                    on_tick=lambda key, n: progress.tick(key, n) if progress else None)
     except (ValueError, OSError) as error:  # OSError: an unreadable --robot-config
         return _error(str(error), 2)
     topics = ReplayTopics(fixed_camera=args.fixed_topic, wrist_camera=args.wrist_topic,
                           joint_states=args.joint_states_topic)
-    out_dir = args.out or default_out_dir(args.bag)
+    out_dirs, units_dir = _out_dirs(args)
+    sources = {key: TimelineSource(str(bag), topics, step_source=args.step_source, step_period=args.step_period,
+                                   max_input_age=args.max_input_age, instruction=args.instruction,
+                                   max_steps=args.max_steps)
+               for key, bag in zip(out_dirs, args.bag)}
 
-    started = time.perf_counter()
+    timelines, steps = {}, {}
+    for key, source in sources.items():
+        started = time.perf_counter()
+        try:
+            timeline = source.load(robot)
+        except BagError as error:
+            return _error(str(error), 1)
+        except ValueError as error:
+            return _error(str(error), 2)
+        _print_timeline(timeline, time.perf_counter() - started)
+        if not timeline.steps:
+            reasons = "\n  ".join(f"t={timeline.seconds(h.time_ns):.2f} s {h.reason}" for h in timeline.held[:5])
+            return _error(f"no step of {source.bag!r} can run: every step was held\n  {reasons}", 1)
+        outside = [step for step in sheet_steps or () if not 0 <= step < len(timeline.steps)]
+        if outside:
+            return _error(f"--sheet-steps {outside}: the replay of {source.bag!r} has steps "
+                          f"0..{len(timeline.steps) - 1}", 2)
+        steps[key] = len(timeline.steps)
+        if len(sources) == 1:
+            timelines[key] = timeline  # several bags: read again when writing, one at a time
+
+    crops = {"auto": None, "true": True, "false": False}
+    policy_source = PolicySource(str(args.checkpoint), device=None if args.device == "auto" else args.device,
+                                 dtype=None if args.dtype == "auto" else args.dtype, unnorm_key=args.unnorm_key,
+                                 center_crop=crops[args.center_crop], threads=args.threads)
+    loaded = None
+    if args.ray is None:  # here: load now, so that a bad checkpoint is reported before anything runs
+        try:
+            loaded = _load_policy(args)
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
+            return _error(f"cannot load the checkpoint {str(args.checkpoint)!r}: {error}", 1)
+    work = ReplayWork(policy_source, robot, config, sources, loaded=loaded, timelines=timelines)
+    fingerprint = {"checkpoint": str(Path(args.checkpoint).resolve()), "device": args.device, "dtype": args.dtype,
+                   "unnorm_key": args.unnorm_key, "center_crop": args.center_crop,
+                   "robot_config": args.robot_config, "timeline": {**asdict(sources[next(iter(sources))]), "bag": None},
+                   "config": {k: v for k, v in asdict(config).items() if k not in ("methods", "keep_ratios")}}
     try:
-        timeline = load_timeline(args.bag, robot, topics, step_source=args.step_source, step_period=args.step_period,
-                                 max_input_age=args.max_input_age, instruction=args.instruction,
-                                 max_steps=args.max_steps)
-    except BagError as error:
-        return _error(str(error), 1)
-    except ValueError as error:
+        units_path = units_dir / UNITS_FILE
+        if args.no_resume and units_path.exists():
+            units_path.unlink()
+        sink = JsonlSink(units_path, fingerprint)
+    except (ValueError, OSError) as error:
         return _error(str(error), 2)
-    _print_timeline(timeline, time.perf_counter() - started)
-    if not timeline.steps:
-        reasons = "\n  ".join(f"t={timeline.seconds(h.time_ns):.2f} s {h.reason}" for h in timeline.held[:5])
-        return _error(f"no step of {str(args.bag)!r} can run: every step was held\n  {reasons}", 1)
-    outside = [step for step in sheet_steps or () if not 0 <= step < len(timeline.steps)]
-    if outside:
-        return _error(f"--sheet-steps {outside}: the replay has steps 0..{len(timeline.steps) - 1}", 2)
-
-    try:
-        policy = _load_policy(args)
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
-        return _error(f"cannot load the checkpoint {str(args.checkpoint)!r}: {error}", 1)
 
     specs = run_specs(config)
-    progress = _progress_bar(len(specs) * len(timeline.steps), args.quiet)
+    units = replay_units(config, list(sources))
+    progress = _progress_bar({unit.key: steps[unit.args[0]] for unit in units}, args.quiet)
+    if progress is not None:
+        progress.skip([unit.key for unit in units if unit.key in sink])
+
+    def failed(key: str, signature: str, final: bool) -> None:
+        text = f"[replay] {key}: {signature} ({'given up: failed the same way twice' if final else 'retrying'})"
+        (progress.bar.write if progress is not None else print)(text)
+
     try:
-        result = run_replay(policy, robot, timeline, config, progress=progress)
-    except ValueError as error:  # e.g. --layer beyond the model, a chunk that cannot be made safe
+        report = run_units(work, units, backend=backend, sink=sink, on_failure=failed,
+                           on_result=(lambda key, result: progress.finish(key)) if progress is not None else None)
+    except (ValueError, WorkerSetupError) as error:  # e.g. --layer beyond the model
         return _error(str(error), 1)
+    except (OSError, RuntimeError, KeyError) as error:  # a worker could not load the checkpoint
+        return _error(f"cannot load the checkpoint {str(args.checkpoint)!r}: {error}", 1)
     finally:
         if progress is not None:
             progress.close()
-    return _write_outputs(args, config, timeline, result, out_dir, sheet_steps)
+    if report.resumed:
+        print(f"[replay] {len(report.resumed)} run(s) taken from {units_path} (finished before; --no-resume "
+              "runs them again)")
+    code = 0
+    for key, source in sources.items():
+        names = [f"{key}/{spec.name}" for spec in specs]
+        if any(name not in report.results for name in names):
+            continue
+        runs = {spec.name: SpecRun.from_dict(report.results[f"{key}/{spec.name}"]) for spec in specs}
+        timeline = timelines.pop(key, None) or source.load(robot)
+        try:
+            result = assemble(config, timeline, runs)
+        except ValueError as error:
+            return _error(str(error), 1)
+        if len(sources) > 1:
+            print(f"\n[replay] ===== {source.bag}")
+        code = max(code, _write_outputs(args, config, timeline, result, out_dirs[key], sheet_steps))
+    if report.failed:
+        for failure in report.failed.values():
+            print(f"vla-pruner replay: error: {failure}", file=sys.stderr)
+        print(f"vla-pruner replay: {len(report.failed)} run(s) failed twice; the others are kept in {units_path}: "
+              "run the same command again to retry", file=sys.stderr)
+        return 1
+    return code
 
 
 def _load_policy(args):
@@ -155,26 +252,46 @@ def _load_policy(args):
 
 
 class _Progress:
-    """A tqdm bar over every step of every run, named after the run in progress."""
+    """A tqdm bar over every step of every run, named after the run in progress. Runs here move it
+    step by step; runs on Ray workers move it when they finish."""
 
-    def __init__(self, total: int):
+    def __init__(self, steps: dict[str, int]):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True)
+        self.steps = steps  # unit key -> steps
+        self.seen: dict[str, int] = {}
+        self.bar = tqdm(total=sum(steps.values()), unit="step", file=sys.stderr, dynamic_ncols=True)
         self.current = None
 
-    def __call__(self, spec, step: int) -> None:
-        if spec.name != self.current:
-            self.current = spec.name
-            self.bar.set_description(f"{spec.name:<18}")
-        self.bar.update(1)
+    def _name(self, key: str) -> None:
+        name = key.split("/", 1)[1] if len(self.steps) == len({k.split("/", 1)[1] for k in self.steps}) else key
+        if name != self.current:
+            self.current = name
+            self.bar.set_description(f"{name:<18}")
+
+    def skip(self, keys) -> None:
+        for key in keys:
+            self.seen[key] = self.steps[key]
+            self.bar.update(self.steps[key])
+
+    def tick(self, key: str, n: int) -> None:
+        self._name(key)
+        self.seen[key] = self.seen.get(key, 0) + n
+        self.bar.update(n)
+
+    def finish(self, key: str) -> None:
+        self._name(key)
+        left = self.steps[key] - self.seen.get(key, 0)
+        self.seen[key] = self.steps[key]
+        if left > 0:
+            self.bar.update(left)
 
     def close(self) -> None:
         self.bar.close()
 
 
-def _progress_bar(total: int, quiet: bool):
-    return None if quiet else _Progress(total)
+def _progress_bar(steps: dict[str, int], quiet: bool):
+    return None if quiet else _Progress(steps)
 
 
 def _print_timeline(timeline, seconds: float) -> None:
