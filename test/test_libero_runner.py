@@ -322,3 +322,26 @@ def test_robosuite_macro_advice_is_dropped_and_other_warnings_kept():
                     "To setup, run: python /x/robosuite/scripts/setup_macros.py"):
         assert not _drop_macro_advice(record(message))
     assert _drop_macro_advice(record("Controller failed to converge"))
+
+
+def test_cli_reports_a_stopped_run_with_exit_code_1(tmp_path, capsys, monkeypatch):
+    from vla_pruner_ros.libero.runner import EvaluationAborted
+    from vla_pruner_ros.tools import eval_libero
+
+    def stopped(args):
+        raise EvaluationAborted("none: all 3 episode(s) it ran raised an exception (first: task 0 episode 0: x)")
+
+    monkeypatch.setattr(eval_libero, "_run", stopped)
+    assert eval_libero.run(cli_args(tmp_path)) == 1
+    assert "eval-libero: stopped: none: all 3 episode(s)" in capsys.readouterr().err
+
+
+def test_resume_of_a_run_made_before_ofts_scene_order_is_refused(tmp_path):
+    from vla_pruner_ros.libero.results import check_run_metadata
+    from vla_pruner_ros.libero.runner import make_metadata
+
+    metadata = make_metadata(tmp_path, "libero_spatial", "libero_spatial_no_noops", EpisodeSettings(max_steps=5), True)
+    old = {k: v for k, v in metadata.items() if k != "protocol"}  # what run.json held before protocol 2
+    check_run_metadata(tmp_path / "out", old)
+    with pytest.raises(ValueError, match="protocol: None -> 2"):
+        check_run_metadata(tmp_path / "out", metadata)

@@ -57,7 +57,7 @@ class EpisodeRecord:
     flops_ratio: float  # mean analytic LLM FLOPs pruned / full over the policy calls
     pruned_fraction: float  # share of policy calls that dropped tokens (history warm-up runs unpruned)
     wall_s: float
-    error: str | None = None  # simulator exception that ended the episode (counted as a failure)
+    error: str | None = None  # exception that ended the episode, with where it was raised (a failure, as in OFT)
     video: str | None = None
 
     @property
