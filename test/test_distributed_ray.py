@@ -13,7 +13,7 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra (scripts/setup
 from vla_pruner_ros.distributed import RayBackend, SerialBackend, Unit, run_units  # noqa: E402
 from vla_pruner_ros.distributed.eval_sim import SINK_FILE, evaluate_sweep, sink_for, sim_units  # noqa: E402
 
-from test_distributed import outcomes, small_config  # noqa: E402
+from test_distributed import outcomes, replay_cli, replay_rows, replay_setup, small_config  # noqa: E402,F401
 
 METHODS, RATIOS, EPISODES = ("fastv", "vla_pruner"), (0.5, 0.25), 3  # 4 configurations x 3 episodes
 
@@ -134,3 +134,14 @@ def test_a_unit_failing_twice_on_ray_is_reported_and_the_rest_finish(cluster):
     assert list(report.failed) == ["u2"] and report.failed["u2"].attempts == ["ValueError: unit 2 is bad"] * 2
     assert sorted(report.results) == ["u0", "u1", "u3", "u4"]
     assert os.getpid() not in {r["pid"] for r in report.results.values()}  # ran in the workers
+
+
+def test_replay_of_two_bags_on_ray_equals_the_serial_replay(cluster, replay_setup, tmp_path):
+    checkpoint, bags, _ = replay_setup
+    code, printed = replay_cli(checkpoint, bags, tmp_path / "serial")
+    assert code == 0, printed
+    code, printed = replay_cli(checkpoint, bags, tmp_path / "ray", "--ray", "--ray-workers", "2")
+    assert code == 0, printed
+    assert "[ray] 2 worker(s)" in printed
+    for bag in ("a", "b"):
+        assert replay_rows(tmp_path / "ray" / bag / "steps.csv") == replay_rows(tmp_path / "serial" / bag / "steps.csv")

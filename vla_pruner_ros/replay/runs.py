@@ -143,7 +143,8 @@ class SpecRun:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SpecRun":
-        data = dict(data)
+        # own, writable arrays (Ray hands back read-only views of its object store)
+        data = {k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in data.items()}
         data["grids"] = [tuple(int(v) for v in grid) for grid in data["grids"]]
         data["view_names"] = tuple(data["view_names"])
         return cls(**data)
