@@ -70,7 +70,8 @@ def libero_unavailable_reason() -> str | None:
                 f"{INSTALL_HINT} (it updates the extra's own packages)")
     version = importlib.metadata.version("mujoco")
     if version != MUJOCO_VERSION:
-        return f"mujoco {version} is installed; robosuite {ROBOSUITE_VERSION} needs mujoco=={MUJOCO_VERSION}; {INSTALL_HINT}"
+        return (f"mujoco {version} is installed; robosuite {ROBOSUITE_VERSION} needs mujoco=={MUJOCO_VERSION}; "
+                f"{INSTALL_HINT}")
     assets = find_assets_dir()
     if assets is None:
         return f"no LIBERO scene assets found (set VLA_PRUNER_LIBERO_ASSETS or {INSTALL_HINT})"
