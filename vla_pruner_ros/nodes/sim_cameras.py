@@ -1,5 +1,7 @@
 """Simulated fixed and wrist cameras: renders the table, cubes and the arm at its current
-joint state (``vla_pruner_ros.sim.render``) and publishes both views as rgb8 images."""
+joint state (``vla_pruner_ros.sim.render``) and publishes both views as rgb8 images. For RViz it
+also publishes the same workcell as a ``visualization_msgs/MarkerArray`` on ``~/scene_markers``
+(frame ``link_base``), where visualization_msgs is installed."""
 from __future__ import annotations
 
 import threading
@@ -12,6 +14,7 @@ from sensor_msgs.msg import Image, JointState
 from vla_pruner_ros.control.images import rgb_to_image_fields
 from vla_pruner_ros.control.inputs import joint_positions_from_msg, optional_joint_position
 from vla_pruner_ros.sim.kinematics import HOME_JOINTS, JOINT_NAMES, XArm6Kinematics
+from vla_pruner_ros.sim.markers import FRAME_ID, arm_primitives, scene_primitives
 from vla_pruner_ros.sim.render import Renderer
 from vla_pruner_ros.sim.robot import GRIPPER_CLOSED_ANGLE, GRIPPER_JOINT_NAME
 from vla_pruner_ros.sim.scene import Scene
@@ -44,6 +47,21 @@ class SimCamerasNode(Node):
         self._image_pubs = {view: self.create_publisher(Image, self.get_parameter(f"topics.{view}").value, qos)
                             for view in VIEWS}
         self.create_timer(1.0 / self.get_parameter("rate").value, self._tick)
+        self.declare_parameter("markers_rate", 10.0, descriptor(
+            "RViz markers of the arm, table and cubes per second (0: none).", True, 0.0, 60.0))
+        self._markers_pub = None
+        markers_rate = self.get_parameter("markers_rate").value
+        try:
+            from visualization_msgs.msg import Marker, MarkerArray
+        except ImportError:  # a minimal install without visualization_msgs: images only
+            Marker = MarkerArray = None
+            if markers_rate > 0:
+                self.get_logger().info("visualization_msgs is not installed: no RViz markers")
+        if MarkerArray is not None and markers_rate > 0:
+            self._marker_types = Marker, MarkerArray
+            self._markers_pub = self.create_publisher(MarkerArray, "~/scene_markers", 2)
+            self._scene_shapes = scene_primitives(self._scene)
+            self.create_timer(1.0 / markers_rate, self._publish_markers)
         colours = ", ".join(f"{c.colour} at ({c.position[0]:.2f}, {c.position[1]:.2f})" for c in self._scene.cubes)
         self.get_logger().info(f"simulated cameras, scene seed {self._scene.seed}: cubes {colours}")
 
@@ -69,8 +87,31 @@ class SimCamerasNode(Node):
                 continue
             msg = Image(**rgb_to_image_fields(views[view]))
             msg.header.stamp = stamp
-            msg.header.frame_id = f"{view}_camera_optical_frame"
+            msg.header.frame_id = f"{view}_camera_color_optical_frame"  # realsense2_camera's name
             publisher.publish(msg)
+
+
+    def _publish_markers(self) -> None:
+        Marker, MarkerArray = self._marker_types
+        with self._lock:
+            joints, gripper = self._joints.copy(), self._gripper
+        shapes = {"scene": self._scene_shapes,
+                  "arm": arm_primitives(self._kinematics.forward_kinematics(joints), gripper)}
+        kinds = {"cube": Marker.CUBE, "cylinder": Marker.CYLINDER, "sphere": Marker.SPHERE}
+        stamp = self.get_clock().now().to_msg()
+        markers = []
+        for namespace, primitives in shapes.items():
+            for index, shape in enumerate(primitives):
+                marker = Marker(ns=namespace, id=index, type=kinds[shape.kind], action=Marker.ADD)
+                marker.header.frame_id = FRAME_ID
+                marker.header.stamp = stamp
+                marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = shape.position
+                (marker.pose.orientation.x, marker.pose.orientation.y, marker.pose.orientation.z,
+                 marker.pose.orientation.w) = shape.orientation
+                marker.scale.x, marker.scale.y, marker.scale.z = shape.scale
+                marker.color.r, marker.color.g, marker.color.b, marker.color.a = shape.rgba
+                markers.append(marker)
+        self._markers_pub.publish(MarkerArray(markers=markers))
 
 
 def main(args=None) -> int:
