@@ -123,7 +123,7 @@ def test_instructions_name_the_target_and_different_targets_differ():
         make_episode(3, target="purple")
     with pytest.raises(ValueError, match="task"):
         make_episode(3, task="stack")
-    assert set(TASKS) == {"above", "touch"}
+    assert set(TASKS) == {"above", "touch", "pregrasp"}  # pregrasp: test_sim_pregrasp.py
 
 
 def test_cubes_are_seeded_separate_and_inside_the_region():

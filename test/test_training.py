@@ -267,3 +267,91 @@ def test_make_checkpoint_still_writes_what_it_did(tmp_path):
     assert (out / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
     sidecar = json.loads((out / "vla_pruner_oft.json").read_text())
     assert sidecar["preset"] == "tiny" and "view_names" not in sidecar
+
+
+class _PlantedCode:
+    """Unpickling this runs os.makedirs(marker): what a hostile train_state.pt could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+        return (os.makedirs, (self.marker,))
+
+
+def test_a_planted_pickle_in_the_training_state_is_refused_not_run(tmp_path, capsys):
+    """`vla-pruner train-sim --export-only --work-dir W` used to unpickle W/train_state.pt with
+    weights_only=False, running whatever it held; now it refuses the file in one line."""
+    from vla_pruner_ros.tools.cli import main
+    from vla_pruner_ros.training.train import load_training_state
+
+    work = tmp_path / "work"
+    work.mkdir()
+    marker = tmp_path / "code_ran"
+    torch.save({"model": {}, "config": {"preset": "xarm6-sim", "dataset": "x"}, "step": 1,
+                "payload": _PlantedCode(marker)}, work / "train_state.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-sim", "--export-only", "--work-dir", str(work), "--out", str(tmp_path / "out")])
+    message = str(exit_info.value.code)
+    assert "train_state.pt" in message and "not loaded" in message and "\n" not in message
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="not loaded"):
+        load_training_state(work / "train_state.pt")
+    assert not marker.exists()
+    # A file that is plain data but not a training state is refused too.
+    torch.save({"weights": torch.zeros(2)}, work / "other.pt")
+    with pytest.raises(ValueError, match="not a train-sim training state"):
+        load_training_state(work / "other.pt")
+
+
+@pytest.fixture(scope="module")
+def pregrasp_dataset(tmp_path_factory):
+    config = DatasetConfig(num_scenes=1, first_seed=3, task="pregrasp", image_size=56, action_noise_max=0.01,
+                           detour_probability=0.0, hover_steps=2, seed=2)
+    path = tmp_path_factory.mktemp("pregrasp") / "pregrasp.npz"
+    summary = build_dataset(config, path, progress=False)
+    return config, path, summary
+
+
+def test_pregrasp_dataset_follows_the_instruction_of_the_moment(pregrasp_dataset):
+    """Instruction, named cube and label change at the episode's switch step: after it the label
+    is the expert's chunk toward the newly named cube."""
+    from vla_pruner_ros.sim import make_expert
+
+    config, path, summary = pregrasp_dataset
+    data = SimDataset(path)
+    (meta,) = data.meta["episodes"]
+    assert summary["expert_success"] == 1.0 and meta["switch_step"] is not None
+    episode = make_episode(meta["seed"], "pregrasp")
+    texts = [data.instructions[i] for i in data.instruction]
+    switch = meta["switch_step"]
+    assert set(texts[:switch]) == {episode.instruction} and set(texts[switch:]) == {episode.next_instruction}
+    names = episode.scene.names
+    assert {names[k] for k in data.target_cube[:switch]} == {episode.target}
+    assert {names[k] for k in data.target_cube[switch:]} == {episode.next_target}
+    expert = make_expert("pregrasp", control_period=config.control_period, max_joint_speed=config.max_joint_speed)
+    for row in (switch - 1, switch, len(data) - 1):
+        joints, gripper = data.proprio[row, :6].astype(np.float64), float(data.proprio[row, 6])
+        expected = expert.action_chunk(episode.at(row), joints, gripper, config.chunk_length)
+        np.testing.assert_allclose(data.chunks[row], expected, atol=2e-5)
+    assert data.chunks[-1, -1, 6] == 1.0  # holding the grasp at the end
+    # Probe labels: the named cube's patches are marked per sample, by cube (not by colour).
+    assert data.patch_cubes.max() == 4 and data.patch_classes.max() <= 3
+    assert np.array_equal(data.target_class, 1 + data.target_cube)
+
+
+def test_warm_start_copies_the_source_and_starts_new_layers_as_identities(tmp_path):
+    from vla_pruner_ros.training.train import warm_start
+
+    make_checkpoint("xarm6-sim", tmp_path / "src", seed=5)
+    source = load_checkpoint(tmp_path / "src").model.state_dict()
+    deep = build_model("xarm6-sim-deep", seed=0)
+    counts = warm_start(deep, tmp_path / "src")
+    assert counts["resampled"] == 2 and counts["identity_layers"] == 6
+    dst = deep.state_dict()
+    name = "language_model.model.layers.5.mlp.up_proj.weight"
+    torch.testing.assert_close(dst[name], source[name])
+    assert not torch.equal(dst[name], build_model("xarm6-sim-deep", seed=0).state_dict()[name])
+    assert torch.count_nonzero(dst["language_model.model.layers.6.self_attn.o_proj.weight"]) == 0
+    assert dst["vision_backbone.featurizer.pos_embed"].shape[1] == 144

@@ -109,6 +109,18 @@ PRESETS: dict[str, CheckpointPreset] = {
                      "num_attention_heads": 4, "tie_word_embeddings": True},
         tokenizer_pieces=32000,
     ),
+    "xarm6-sim-deep": CheckpointPreset(
+        name="xarm6-sim-deep",
+        description="the simulated xArm6 pre-grasp policy (train-sim --task pregrasp): 2x144 visual tokens "
+                    "(168 px), towers 3 layers of width 96, LLM 12 layers of width 96 with tied embeddings; "
+                    "pruning layer K=2 of 12 is about OFT's K=3 of 32",
+        image_size=168,
+        timm_overrides=({"embed_dim": 96, "depth": 3, "num_heads": 2},
+                        {"embed_dim": 96, "depth": 3, "num_heads": 2}),
+        text_config={"hidden_size": 96, "intermediate_size": 256, "num_hidden_layers": 12,
+                     "num_attention_heads": 4, "tie_word_embeddings": True},
+        tokenizer_pieces=32000,
+    ),
     "oft-7b": CheckpointPreset(
         name="oft-7b",
         description="the real OpenVLA-OFT 7B sizes (LIBERO: chunk 8, action 7, proprio 8); verify only",

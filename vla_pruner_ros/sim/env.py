@@ -11,7 +11,8 @@ import numpy as np
 from .kinematics import HOME_JOINTS, URDF_VELOCITY_LIMIT, XArm6Kinematics
 from .render import Renderer
 from .robot import SimArm
-from .task import MAX_STEPS, Episode, ScriptedExpert, make_episode, success
+from . import pregrasp
+from .task import MAX_STEPS, Episode, ScriptedExpert, episode_success, make_episode, make_expert
 
 
 class SimEnv:
@@ -61,6 +62,11 @@ class SimEnv:
         self.done = False
         return self.observation()
 
+    @property
+    def current(self) -> Episode:
+        """The episode as of now: its target and instruction after a mid-episode change."""
+        return self.episode.at(self.step_count)
+
     def tcp_position(self) -> np.ndarray:
         return self.kinematics.tcp_pose(self.arm.joints)[:3, 3]
 
@@ -69,7 +75,7 @@ class SimEnv:
             "joints": self.arm.joints.astype(np.float32),
             "gripper": float(self.arm.gripper),
             "proprio": self.arm.proprio.astype(np.float32),
-            "instruction": self.episode.instruction,
+            "instruction": self.current.instruction,
         }
         if self.renderer is not None:
             frames = self.kinematics.forward_kinematics(self.arm.joints)
@@ -89,8 +95,8 @@ class SimEnv:
         self.arm.advance(self.control_period, self.physics_dt)
         self.step_count += 1
         tcp = self.tcp_position()
-        episode = self.episode
-        reached = success(tcp, episode.scene, episode.target, episode.task)
+        episode = self.current
+        reached = episode_success(self.episode, self.kinematics, self.arm.joints, self.arm.gripper, self.step_count)
         timeout = self.step_count >= self.max_steps
         self.done = reached or timeout
         cube = episode.scene.cube(episode.target)
@@ -102,27 +108,31 @@ class SimEnv:
             "timeout": bool(timeout and not reached),
             "target": episode.target,
             "task": episode.task,
+            "instruction": episode.instruction,
+            "yaw_error": pregrasp.yaw_error(cube.yaw, pregrasp.finger_yaw(self.kinematics, self.arm.joints)),
+            "gripper": float(self.arm.gripper),
         }
         return self.observation(), reached, self.done, info
 
 
 def run_expert_episode(env: SimEnv, seed: int | None = None, target: str | None = None,
                        task: str | None = None, chunk_size: int = 8,
-                       expert: ScriptedExpert | None = None) -> dict:
+                       expert=None) -> dict:
     """Roll the scripted expert out for one episode, recording what a dataset needs.
 
     Returns {"seed", "instruction", "target", "task", "observations": [obs_t], "actions": (T, 7)
     executed targets, "action_chunks": (T, chunk_size, 7) the expert's chunk at each step
     (chunk[0] == action), "success": bool, "num_steps": T}. obs_t is the observation the action
-    at step t was computed from.
+    at step t was computed from. ``expert``: default the task's (``make_expert``); it always sees
+    the instruction of the moment (``env.current``).
     """
     obs = env.reset(seed=seed, target=target, task=task)
     if expert is None:
-        expert = ScriptedExpert(env.kinematics, control_period=env.control_period)
+        expert = make_expert(env.episode.task, env.kinematics, control_period=env.control_period)
     observations, actions, chunks = [], [], []
     reached = False
     while not env.done:
-        chunk = expert.action_chunk(env.episode, env.arm.joints, env.arm.gripper, chunk_size)
+        chunk = expert.action_chunk(env.current, env.arm.joints, env.arm.gripper, chunk_size)
         observations.append(obs)
         actions.append(chunk[0])
         chunks.append(chunk)

@@ -2,7 +2,9 @@
 
 Tasks (``TASKS``): "above" - move the gripper's TCP into a band above the named cube; "touch" -
 come down from above and touch the cube's top face with the (closed) fingertips. Cubes do not
-collide with anything: success is purely a test on the TCP position.
+collide with anything: success is purely a test on the TCP position. "pregrasp" (sim/pregrasp.py)
+- a long-horizon, yaw-aligned grasp pose among look-alike cubes with an instruction that changes
+mid-episode; its success also tests the gripper's yaw and closure (``episode_success``).
 """
 from __future__ import annotations
 
@@ -10,14 +12,18 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import pregrasp
 from .kinematics import XArm6Kinematics
 from .scene import Scene
 
 TASKS = {
     "above": "move the gripper above the {colour} cube",
     "touch": "move the gripper above the {colour} cube then touch it",
+    pregrasp.TASK_NAME: pregrasp.INSTRUCTION,
 }
-MAX_STEPS = {"above": 60, "touch": 80}  # control steps (0.1 s each at the default period)
+REACH_TASKS = ("above", "touch")  # success is a test on the TCP position alone (``success``)
+# control steps (0.1 s each at the default period)
+MAX_STEPS = {"above": 60, "touch": 80, pregrasp.TASK_NAME: pregrasp.MAX_STEPS}
 
 
 class SuccessRegion(NamedTuple):
@@ -34,9 +40,22 @@ SUCCESS_REGIONS = {
 
 class Episode(NamedTuple):
     scene: Scene
-    target: str       # colour of the cube the instruction names
+    target: str       # name of the cube the instruction names (its colour; "left red" in pregrasp)
     instruction: str
     task: str         # key of TASKS
+    # The instruction changes at control step ``switch_step`` (None: never) to name ``next_target``.
+    switch_step: int | None = None
+    next_target: str | None = None
+    next_instruction: str | None = None
+
+    def switched(self, step: int) -> bool:
+        return self.switch_step is not None and step >= self.switch_step
+
+    def at(self, step: int) -> "Episode":
+        """The episode as seen at control step ``step``: target and instruction of that moment."""
+        if self.switched(step):
+            return self._replace(target=self.next_target, instruction=self.next_instruction)
+        return self
 
 
 def _check_task(task: str) -> None:
@@ -47,6 +66,10 @@ def _check_task(task: str) -> None:
 def make_episode(seed: int, task: str = "above", target: str | None = None) -> Episode:
     """A seeded scene and a target cube (drawn from the seed unless given) with its instruction."""
     _check_task(task)
+    if task == pregrasp.TASK_NAME:
+        scene, first, switch, second = pregrasp.draw_episode(seed, target)
+        return Episode(scene, first, TASKS[task].format(colour=first), task, switch, second,
+                       TASKS[task].format(colour=second))
     scene = Scene(seed)
     colours = [cube.colour for cube in scene.cubes]
     if target is None:
@@ -59,6 +82,8 @@ def make_episode(seed: int, task: str = "above", target: str | None = None) -> E
 def success(tcp_position, scene: Scene, target: str, task: str = "above") -> bool:
     """Whether the TCP is inside the task's region relative to the target cube."""
     _check_task(task)
+    if task not in REACH_TASKS:
+        raise ValueError(f"task {task!r}: success depends on more than the TCP position; use episode_success")
     tcp = np.asarray(tcp_position, dtype=np.float64)
     if tcp.shape != (3,) or not np.all(np.isfinite(tcp)):
         raise ValueError(f"tcp_position must be 3 finite values, got {tcp_position!r}")
@@ -141,3 +166,23 @@ class ScriptedExpert:
             actions.append(action)
             q, grip = action[:6], action[6]
         return np.stack(actions)
+
+
+def episode_success(episode: Episode, kinematics: XArm6Kinematics, joints, gripper: float, step: int) -> bool:
+    """Whether the arm state solves ``episode`` at control step ``step`` (any task). In an episode
+    whose instruction changes, only the cube named last counts, and only after the change."""
+    if episode.switch_step is not None and not episode.switched(step):
+        return False
+    current = episode.at(step)
+    if episode.task == pregrasp.TASK_NAME:
+        return pregrasp.grasped(kinematics, joints, gripper, current.scene.cube(current.target))
+    return success(kinematics.tcp_pose(joints)[:3, 3], current.scene, current.target, current.task)
+
+
+def make_expert(task: str, kinematics: XArm6Kinematics | None = None, control_period: float = 0.1,
+                max_joint_speed: float = 1.5):
+    """The scripted expert of ``task`` (``action_chunk(episode.at(step), joints, gripper, n)``)."""
+    _check_task(task)
+    if task == pregrasp.TASK_NAME:
+        return pregrasp.PregraspExpert(kinematics, control_period=control_period, max_joint_speed=max_joint_speed)
+    return ScriptedExpert(kinematics, control_period=control_period, max_joint_speed=max_joint_speed)

@@ -3,6 +3,12 @@ OFT-format reach policy on them (not part of the test suite: tens of minutes on 
 
     vla-pruner train-sim --out checkpoints/xarm6_sim_reach --overwrite --plot docs/sim_policy/loss_curve.png
 
+The long-horizon pre-grasp task (sim/pregrasp.py) trains the deeper ``xarm6-sim-deep`` preset, here
+warm-started from the reach policy:
+
+    vla-pruner train-sim --task pregrasp --scenes 120 --init-from checkpoints/xarm6_sim_reach \
+        --work-dir artifacts/train_sim_pregrasp --out checkpoints/xarm6_sim_pregrasp --overwrite
+
 The dataset is cached (``--dataset``, built when missing or with ``--rebuild``); training resumes
 from ``--work-dir`` when interrupted.
 """
@@ -24,14 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="cached dataset .npz (default: WORK_DIR/dataset_<task>_<size>.npz); built when missing")
     data.add_argument("--rebuild", action="store_true", help="re-record the dataset even if the file exists")
     data.add_argument("--scenes", type=int, default=300, help="scenes (each recorded once per cube colour)")
-    data.add_argument("--task", default="above", help="sim task (see vla_pruner_ros.sim.TASKS)")
+    data.add_argument("--task", default="above",
+                      help="sim task (see vla_pruner_ros.sim.TASKS): above (reach, the demo's), pregrasp (long horizon)")
     data.add_argument("--data-seed", type=int, default=0, help="seed of the noise/detour draws")
     train = parser.add_argument_group("training")
     train.add_argument("--out", default=str(DEFAULT_WORK_DIR / "checkpoint"),
                        help="checkpoint directory to write (the demo's default is checkpoints/xarm6_sim_reach)")
     train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     train.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR), help="training state, log, loss curve")
-    train.add_argument("--preset", default="xarm6-sim")
+    train.add_argument("--preset", default=None,
+                       help="model preset (default: xarm6-sim-deep for --task pregrasp, else xarm6-sim)")
+    train.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                       help="start from a trained checkpoint's weights (warm start; see training.train.warm_start)")
     train.add_argument("--steps", type=int, default=4000)
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
@@ -51,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training.dataset import DatasetConfig, build_dataset
     from ..training.train import TrainConfig, export_checkpoint, train
 
+    if args.preset is None:
+        args.preset = "xarm6-sim-deep" if args.task == "pregrasp" else "xarm6-sim"
     if args.preset not in PRESETS:
         raise SystemExit(f"train-sim: --preset {args.preset!r}: expected one of {sorted(PRESETS)}")
     image_size = PRESETS[args.preset].image_size
@@ -58,8 +70,12 @@ def run(args: argparse.Namespace) -> int:
     dataset = Path(args.dataset or work_dir / f"dataset_{args.task}_{image_size}.npz")
     started = time.time()
     if args.export_only:
-        out = export_checkpoint(TrainConfig(dataset=os.fspath(dataset), out_dir=args.out, work_dir=os.fspath(work_dir),
-                                            preset=args.preset, seed=args.seed, overwrite=args.overwrite))
+        try:
+            out = export_checkpoint(TrainConfig(dataset=os.fspath(dataset), out_dir=args.out,
+                                                work_dir=os.fspath(work_dir), preset=args.preset, seed=args.seed,
+                                                overwrite=args.overwrite))
+        except ValueError as error:
+            raise SystemExit(f"train-sim: {error}") from None
         print(f"exported {out} from {work_dir}")
         return 0
     if args.rebuild or not dataset.is_file():
@@ -71,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(dataset=os.fspath(dataset), out_dir=args.out, work_dir=os.fspath(work_dir),
                          preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                          learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed, threads=args.threads,
-                         aux_weight=args.aux_weight,
+                         aux_weight=args.aux_weight, init_from=args.init_from,
                          loss_plot=args.plot, overwrite=args.overwrite, resume=not args.no_resume)
     summary = train(config)
     print(json.dumps(summary, indent=2))

@@ -16,6 +16,11 @@ head for a different cube. After success a few extra "hover" steps are recorded 
 learns to stay above the cube, and some episodes start hovering above another cube ("retarget"):
 the ROS demo keeps running, so a new instruction finds the arm wherever the last one left it.
 
+The "pregrasp" task (sim/pregrasp.py) is recorded the same way (DART noise, detours, a few steps
+holding the grasp after success), one episode per scene with the scene's seeded first target; its
+instruction changes mid-episode, so instruction and target are stored per sample, and the labels
+after the change are the expert's chunk toward the newly named cube.
+
 The dataset lives in one ``.npz`` (uint8 images compress well); ``SimDataset`` loads it, computes
 the BOUNDS_Q99 statistics OFT uses and turns index batches into model inputs.
 """
@@ -29,9 +34,10 @@ import numpy as np
 import torch
 
 from ..model.processing_oft import resize_for_policy
-from ..sim import CUBE_COLOURS, Scene, ScriptedExpert, SimEnv
+from ..sim import CUBE_COLOURS, ScriptedExpert, SimEnv
+from ..sim.pregrasp import TASK_NAME as PREGRASP
 from ..sim.scene import CUBE_REGION
-from ..sim.task import MAX_STEPS, TASKS, success
+from ..sim.task import MAX_STEPS, TASKS, make_episode, make_expert, success
 
 RENDER_SIZE = 224  # the sim cameras' image size in the ROS demo
 VIEW_NAMES = ("fixed", "wrist")
@@ -42,7 +48,8 @@ FORMAT_VERSION = 1
 class DatasetConfig:
     """How demonstrations are generated. Scene seeds are ``first_seed .. first_seed + num_scenes - 1``;
     every scene is recorded once per target colour in ``targets`` (same scene, different
-    instruction: the policy must read the instruction to tell them apart)."""
+    instruction: the policy must read the instruction to tell them apart). Task "pregrasp":
+    once per scene, with its seeded first target and instruction change (``targets`` unused)."""
 
     num_scenes: int = 300
     first_seed: int = 100_000  # far from the evaluation seeds (eval-sim starts at 0)
@@ -100,6 +107,8 @@ class EpisodeRecord:
     images: dict[str, list[np.ndarray]] = field(default_factory=lambda: {v: [] for v in VIEW_NAMES})
     proprio: list[np.ndarray] = field(default_factory=list)
     chunks: list[np.ndarray] = field(default_factory=list)
+    instructions: list[str] = field(default_factory=list)  # per step (it may change mid-episode)
+    targets: list[int] = field(default_factory=list)       # per step: index of the named cube in scene.cubes
 
 
 def policy_view(image: np.ndarray, image_size: int) -> np.ndarray:
@@ -132,6 +141,8 @@ def record_episode(env: SimEnv, expert: ScriptedExpert, config: DatasetConfig, s
             record.images[view].append(policy_view(obs["images"][view], config.image_size))
         record.proprio.append(obs["proprio"].astype(np.float32))
         record.chunks.append(chunk.astype(np.float32))
+        record.instructions.append(episode.instruction)
+        record.targets.append(_cube_index(episode.scene, episode.target))
         step = len(record.chunks) - 1
         if step < detour:
             action = expert.next_action(detour_episode, env.arm.joints, env.arm.gripper)
@@ -141,6 +152,55 @@ def record_episode(env: SimEnv, expert: ScriptedExpert, config: DatasetConfig, s
             action[:6] += rng.normal(0.0, noise, 6)
         obs, reached, _, _ = env.step(action)
         env.done = False  # the recording decides when to stop (SimEnv stops at success)
+        if not record.success:
+            record.num_steps += 1
+            record.success = bool(reached)
+        if record.success:
+            if hover_left == 0:
+                break
+            hover_left -= 1
+        elif record.num_steps >= limit:
+            break
+    return record
+
+
+def _cube_index(scene, name: str) -> int:
+    cube = scene.cube(name)
+    return next(i for i, c in enumerate(scene.cubes) if c is cube)
+
+
+def record_pregrasp_episode(env: SimEnv, expert, config: DatasetConfig, seed: int,
+                            rng: np.random.Generator) -> EpisodeRecord:
+    """One perturbed expert episode of the pregrasp task (labels follow the instruction of the moment)."""
+    obs = env.reset(seed=seed, task=config.task)
+    noise = float(rng.uniform(0.0, config.action_noise_max))
+    detour = 0
+    if rng.random() < config.detour_probability:
+        detour = int(rng.integers(config.detour_steps[0], config.detour_steps[1] + 1))
+        wrong = [n for n in env.episode.scene.names if n != env.episode.target]
+        detour_episode = env.episode._replace(target=str(rng.choice(wrong)), switch_step=None)
+    record = EpisodeRecord(seed=seed, target=env.episode.target, instruction=env.episode.instruction,
+                           success=False, num_steps=0, action_noise=noise, detour=detour)
+    hover_left = config.hover_steps
+    limit = MAX_STEPS[config.task]
+    while True:
+        current = env.current
+        chunk = expert.action_chunk(current, env.arm.joints, env.arm.gripper, config.chunk_length)
+        for view in VIEW_NAMES:
+            record.images[view].append(policy_view(obs["images"][view], config.image_size))
+        record.proprio.append(obs["proprio"].astype(np.float32))
+        record.chunks.append(chunk.astype(np.float32))
+        record.instructions.append(current.instruction)
+        record.targets.append(_cube_index(current.scene, current.target))
+        step = len(record.chunks) - 1
+        action = expert.next_action(detour_episode, env.arm.joints, env.arm.gripper) if step < detour \
+            else chunk[0].copy()
+        if not record.success:
+            # Full noise in transit; near the named cube a fifth of it (the fine stage's scale).
+            near = np.linalg.norm(env.tcp_position()[:2] - current.scene.cube(current.target).position[:2]) < 0.04
+            action[:6] += rng.normal(0.0, noise * (0.2 if near else 1.0), 6)
+        obs, reached, _, _ = env.step(action)
+        env.done = False
         if not record.success:
             record.num_steps += 1
             record.success = bool(reached)
@@ -170,22 +230,31 @@ def build_dataset(config: DatasetConfig, out_path: str | os.PathLike, progress: 
     # The recording enforces the task's step limit itself (a retarget episode runs the expert first).
     env = SimEnv(seed=config.seed, image_size=(RENDER_SIZE, RENDER_SIZE), control_period=config.control_period,
                  task=config.task, init_joint_noise=config.init_joint_noise, max_steps=10**6)
-    expert = ScriptedExpert(env.kinematics, control_period=config.control_period,
-                            max_joint_speed=config.max_joint_speed)
+    expert = make_expert(config.task, env.kinematics, control_period=config.control_period,
+                         max_joint_speed=config.max_joint_speed)
     rng = np.random.default_rng(config.seed)
-    jobs = [(config.first_seed + i, target) for i in range(config.num_scenes) for target in config.targets]
+    if config.task == PREGRASP:
+        jobs = [(config.first_seed + i, None) for i in range(config.num_scenes)]
+    else:
+        jobs = [(config.first_seed + i, target) for i in range(config.num_scenes) for target in config.targets]
     iterator = jobs
     if progress:
         from tqdm import tqdm
         iterator = tqdm(jobs, desc="demonstrations", unit="ep", dynamic_ncols=True)
     images = {v: [] for v in VIEW_NAMES}
-    proprio, chunks, episode_index, step_index = [], [], [], []
+    proprio, chunks, episode_index, step_index, instruction_index, target_index = [], [], [], [], [], []
     instructions: list[str] = []
     episodes = []
     for number, (seed, target) in enumerate(iterator):
-        record = record_episode(env, expert, config, seed, target, rng)
-        if record.instruction not in instructions:
-            instructions.append(record.instruction)
+        if config.task == PREGRASP:
+            record = record_pregrasp_episode(env, expert, config, seed, rng)
+        else:
+            record = record_episode(env, expert, config, seed, target, rng)
+        for text in [record.instruction] + record.instructions:
+            if text not in instructions:
+                instructions.append(text)
+        instruction_index.extend(instructions.index(text) for text in record.instructions)
+        target_index.extend(record.targets)
         for view in VIEW_NAMES:
             images[view].extend(record.images[view])
         proprio.extend(record.proprio)
@@ -195,8 +264,8 @@ def build_dataset(config: DatasetConfig, out_path: str | os.PathLike, progress: 
         episodes.append({"seed": record.seed, "target": record.target, "instruction": record.instruction,
                          "success": record.success, "num_steps": record.num_steps,
                          "action_noise": record.action_noise, "detour": record.detour,
-                         "start_above": record.start_above})
-    instruction_index = [instructions.index(episodes[e]["instruction"]) for e in episode_index]
+                         "start_above": record.start_above, "switch_step": env.episode.switch_step,
+                         "next_target": env.episode.next_target})
     meta = {"format_version": FORMAT_VERSION, "config": asdict(config), "instructions": instructions,
             "episodes": episodes, "view_names": list(VIEW_NAMES)}
     out_path = os.fspath(out_path)
@@ -207,6 +276,7 @@ def build_dataset(config: DatasetConfig, out_path: str | os.PathLike, progress: 
         proprio=np.stack(proprio).astype(np.float32), chunks=np.stack(chunks).astype(np.float32),
         episode=np.asarray(episode_index, dtype=np.int32), step=np.asarray(step_index, dtype=np.int32),
         instruction=np.asarray(instruction_index, dtype=np.int32),
+        target=np.asarray(target_index, dtype=np.int8),
         meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
     successes = [e["success"] for e in episodes]
     return {"path": out_path, "episodes": len(episodes), "samples": len(chunks),
@@ -266,16 +336,19 @@ def normalize_bounds(values: np.ndarray, stats: dict) -> np.ndarray:
     return np.where(mask, scaled, values)
 
 
-def statistics_from_file(path: str | os.PathLike) -> dict:
-    """``dataset_statistics`` of a recorded dataset without loading its images."""
+def statistics_from_file(path: str | os.PathLike, with_task: bool = False):
+    """``dataset_statistics`` of a recorded dataset without loading its images (and its task)."""
     with np.load(path) as data:
         meta = json.loads(data["meta"].tobytes().decode())
-        return dataset_statistics(data["proprio"], data["chunks"], len(meta["episodes"]))
+        stats = dataset_statistics(data["proprio"], data["chunks"], len(meta["episodes"]))
+    return (stats, meta["config"].get("task", "above")) if with_task else stats
 
 
-def cube_patch_classes(joints: np.ndarray, scenes: list, image_size: int, grid: int) -> np.ndarray:
+def cube_patch_classes(joints: np.ndarray, scenes: list, image_size: int, grid: int,
+                       by: str = "colour") -> np.ndarray:
     """(N, 2 * grid * grid) int8: which cube's top centre each patch of each view shows (0 none,
-    1 + index in CUBE_COLOURS), from the cameras' geometry at joint states (N, 6) of scenes (N,).
+    1 + index in CUBE_COLOURS, or with ``by="cube"`` 1 + index in scene.cubes), from the cameras'
+    geometry at joint states (N, 6) of scenes (N,).
 
     Training-only labels for the probes in train.py (the arm may hide a cube: the label ignores
     occlusion). Pixel coordinates are those of the 224 px render mapped onto the policy's image."""
@@ -288,8 +361,14 @@ def cube_patch_classes(joints: np.ndarray, scenes: list, image_size: int, grid: 
     cameras = scenes[0].cameras
     classes = np.zeros((len(joints), len(VIEW_NAMES), grid, grid), dtype=np.int8)
     colours = list(CUBE_COLOURS)
-    tops = np.array([[cube.position + [0, 0, cube.size / 2] for cube in sorted(scene.cubes, key=lambda c:
-                      colours.index(c.colour))] for scene in scenes])  # (N, 3, 3) in colour order
+    # (N, C, 3) cube tops and (N, C) their classes; scenes may differ in their number of cubes
+    most = max(len(scene.cubes) for scene in scenes)
+    tops = np.full((len(scenes), most, 3), np.nan)
+    labels = np.zeros((len(scenes), most), dtype=np.int8)
+    for n, scene in enumerate(scenes):
+        for k, cube in enumerate(scene.cubes):
+            tops[n, k] = cube.position + [0, 0, cube.size / 2]
+            labels[n, k] = 1 + (colours.index(cube.colour) if by == "colour" else k)
     scale = image_size / RENDER_SIZE
     for v, name in enumerate(VIEW_NAMES):
         camera = cameras[name]
@@ -304,10 +383,11 @@ def cube_patch_classes(joints: np.ndarray, scenes: list, image_size: int, grid: 
         uv = local[..., :2] / np.where(depth > 1e-6, depth, 1.0)[..., None] * focal + centre
         uv = (uv + 0.5) * scale - 0.5  # pixel centres after the resize to image_size
         cell = np.floor(uv / (image_size / grid)).astype(int)
-        visible = (depth > 1e-6) & np.all((cell >= 0) & (cell < grid), axis=-1)
-        for k in range(len(colours)):
+        with np.errstate(invalid="ignore"):
+            visible = (depth > 1e-6) & np.all((cell >= 0) & (cell < grid), axis=-1)
+        for k in range(most):
             rows = np.flatnonzero(visible[:, k])
-            classes[rows, v, cell[rows, k, 1], cell[rows, k, 0]] = k + 1
+            classes[rows, v, cell[rows, k, 1], cell[rows, k, 0]] = labels[rows, k]
     return classes.reshape(len(joints), -1)
 
 
@@ -329,6 +409,7 @@ class SimDataset:
             self.episode = data["episode"]
             self.step = data["step"]
             self.instruction = data["instruction"]
+            target = data["target"] if "target" in data.files else None  # per sample (older files: per episode)
         self.path = os.fspath(path)
         self.instructions: list[str] = self.meta["instructions"]
         self.config = self.meta["config"]
@@ -338,16 +419,23 @@ class SimDataset:
         # Where the named cube is, per sample, scaled to [-1, 1] over the region cubes are drawn from
         # (training-only auxiliary target; not part of the policy's inputs or outputs).
         x_min, x_max, y_min, y_max = CUBE_REGION
-        centres = np.array([Scene(e["seed"]).cube(e["target"]).position[:2] for e in self.meta["episodes"]])
+        task = self.config.get("task", "above")
+        scenes = [make_episode(e["seed"], task).scene for e in self.meta["episodes"]]
+        if target is None:
+            per_episode = [[c.colour for c in scene.cubes].index(e["target"])
+                           for scene, e in zip(scenes, self.meta["episodes"])]
+            target = np.asarray(per_episode, dtype=np.int8)[self.episode]
+        self.target_cube = target.astype(np.int64)  # index in scene.cubes of the cube named at each sample
+        centres = np.array([scenes[e].cubes[k].position[:2] for e, k in zip(self.episode, self.target_cube)])
         scaled = 2 * (centres - [x_min, y_min]) / [x_max - x_min, y_max - y_min] - 1
-        self.target_xy = scaled[self.episode].astype(np.float32)
-        scenes = [Scene(e["seed"]) for e in self.meta["episodes"]]
+        self.target_xy = scaled.astype(np.float32)
         image_size = self.config["image_size"]
-        self.patch_classes = cube_patch_classes(self.proprio[:, :6], [scenes[e] for e in self.episode],
-                                                image_size, image_size // 14)
-        colours = list(CUBE_COLOURS)
-        self.target_class = np.array([1 + colours.index(e["target"]) for e in self.meta["episodes"]],
-                                     dtype=np.int8)[self.episode]
+        sample_scenes = [scenes[e] for e in self.episode]
+        self.patch_classes = cube_patch_classes(self.proprio[:, :6], sample_scenes, image_size, image_size // 14)
+        # The target probe's labels: which patch shows which cube, and which cube is named.
+        self.patch_cubes = cube_patch_classes(self.proprio[:, :6], sample_scenes, image_size, image_size // 14,
+                                              by="cube")
+        self.target_class = (1 + self.target_cube).astype(np.int8)
 
     def __len__(self) -> int:
         return len(self.chunks)

@@ -8,7 +8,9 @@ towers, projector, LLM, proprio projector, L1 head); the result is written with
 ``load_policy``, the pruning hook and the ROS node use it unchanged.
 
 Training state (weights, optimizer, history) is saved to ``work_dir`` every ``save_every`` steps;
-``resume=True`` continues from it.
+``resume=True`` continues from it. The state file holds only tensors and plain data and is read
+with ``torch.load(weights_only=True)`` (``load_training_state``): a planted pickle in a work dir is
+refused instead of run.
 """
 from __future__ import annotations
 
@@ -35,6 +37,25 @@ STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"
 
 
+def unnorm_key_for(task: str) -> str:
+    """The statistics key a checkpoint trained on ``task`` is written with."""
+    return UNNORM_KEY if task == "above" else f"xarm6_sim_{task}"
+
+
+def load_training_state(path: str | os.PathLike) -> dict:
+    """A saved training state, read without unpickling code (tensors, numbers, strings, lists,
+    dicts only). A file that needs more (e.g. a planted pickle) is refused with a ValueError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: not a training state this tool can read safely ({first}); "
+                         "it is not loaded (it may hold code). Use another work dir or delete the file") from None
+    if not isinstance(state, dict) or not {"model", "config", "step"} <= set(state):
+        raise ValueError(f"{path}: not a train-sim training state (expected model, config and step entries)")
+    return state
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     dataset: str
@@ -57,6 +78,7 @@ class TrainConfig:
     weights_dtype: str = "bfloat16"  # like the real checkpoints
     aux_weight: float = 0.5  # weight of the training-only probe losses (0: plain OFT L1 only)
     loss_plot: str | None = None  # PNG path; default work_dir/loss_curve.png
+    init_from: str | None = None  # a trained checkpoint to start from (warm_start); None: random init
     overwrite: bool = False
     resume: bool = True
 
@@ -79,6 +101,42 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.aux_weight={self.aux_weight!r}: expected >= 0")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"TrainConfig.validation_fraction={self.validation_fraction!r}: expected in [0, 1)")
+
+
+def warm_start(model, checkpoint: str | os.PathLike) -> dict:
+    """Copy a trained checkpoint's weights into ``model`` (e.g. the reach policy into the deeper
+    pre-grasp preset): every tensor of equal name and shape; vision position embeddings resampled
+    to the new patch grid; LLM layers the source lacks keep their random init with their output
+    projections (o_proj, down_proj) zeroed, so they start as identities and the warm-started model
+    computes what the source did. Returns counts {"copied", "resampled", "identity_layers"}."""
+    from timm.layers import resample_abs_pos_embed
+
+    from ..model.checkpoint import load_checkpoint
+
+    source = load_checkpoint(checkpoint).model.state_dict()
+    target = model.state_dict()
+    counts = {"copied": 0, "resampled": 0, "identity_layers": 0}
+    with torch.no_grad():
+        for name, tensor in target.items():
+            if name not in source:
+                continue
+            src = source[name]
+            if src.shape == tensor.shape:
+                tensor.copy_(src)
+                counts["copied"] += 1
+            elif name.endswith("pos_embed") and src.ndim == 3 and src.shape[2] == tensor.shape[2]:
+                old, new = int(round(src.shape[1] ** 0.5)), int(round(tensor.shape[1] ** 0.5))
+                if old * old == src.shape[1] and new * new == tensor.shape[1]:
+                    tensor.copy_(resample_abs_pos_embed(src, [new, new], [old, old], num_prefix_tokens=0))
+                    counts["resampled"] += 1
+        layers = model.language_model.model.layers
+        have = {int(n.split(".")[3]) for n in source if n.startswith("language_model.model.layers.")}
+        for index, layer in enumerate(layers):
+            if index not in have:
+                layer.self_attn.o_proj.weight.zero_()
+                layer.mlp.down_proj.weight.zero_()
+                counts["identity_layers"] += 1
+    return counts
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:
@@ -149,6 +207,7 @@ class BatchMaker:
             "target_xy": torch.from_numpy(data.target_xy[indices]),
             "patch_classes": torch.from_numpy(data.patch_classes[indices]),
             "target_class": torch.from_numpy(data.target_class[indices]),
+            "patch_cubes": torch.from_numpy(data.patch_cubes[indices]),
         }
 
 
@@ -179,7 +238,7 @@ class TrainingProbes(torch.nn.Module):
         colour_logits = self.colour(details["visual"].float())
         colour = torch.nn.functional.cross_entropy(colour_logits.flatten(0, 1), classes.flatten(),
                                                    weight=self.class_weight)
-        is_target = (classes == batch["target_class"].long()[:, None]).float()
+        is_target = (batch["patch_cubes"].long() == batch["target_class"].long()[:, None]).float()
         target_logits = self.target(details["visual_hidden"].float())[..., 0]
         target = torch.nn.functional.binary_cross_entropy_with_logits(
             target_logits, is_target, pos_weight=torch.tensor(20.0))
@@ -297,7 +356,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     step = 0
     state_path = work_dir / STATE_FILE
     if config.resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = load_training_state(state_path)
         if state["config"]["preset"] != config.preset or state["config"]["dataset"] != config.dataset:
             raise ValueError(f"{state_path}: saved for preset {state['config']['preset']!r} / dataset "
                              f"{state['config']['dataset']!r}; use another work_dir or resume=False")
@@ -309,6 +368,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             probe_optimizer.load_state_dict(state["probe_optimizer"])
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
+    elif config.init_from:
+        print(f"train-sim: warm start from {config.init_from}: {warm_start(model, config.init_from)}")
     model.train()
 
     def save_state() -> None:
@@ -376,8 +437,9 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             bar.close()
 
     model.eval()
-    statistics = {UNNORM_KEY: dataset.statistics}
-    write_checkpoint(model, out_dir, statistics, tokenizer, config, step)
+    unnorm_key = unnorm_key_for(dataset.config.get("task", "above"))
+    statistics = {unnorm_key: dataset.statistics}
+    write_checkpoint(model, out_dir, statistics, tokenizer, config, step, unnorm_key)
     summary = {
         "steps": step,
         "final_train_loss_mean_last_50": float(np.mean([h["train_loss"] for h in history[-50:]])),
@@ -406,22 +468,24 @@ def export_checkpoint(config: TrainConfig) -> Path:
     out_dir = Path(config.out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not config.overwrite:
         raise ValueError(f"out_dir {out_dir}: exists and is not empty (pass overwrite to replace it)")
-    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    state = load_training_state(state_path)
     model = build_model(state["config"]["preset"], seed=config.seed)
     model.load_state_dict(state["model"])
     tokenizer, _, _ = _prompt_tools(Path(config.work_dir))
-    statistics = {UNNORM_KEY: statistics_from_file(state["config"]["dataset"])}
-    return write_checkpoint(model.eval(), out_dir, statistics, tokenizer,
-                            TrainConfig(**{**state["config"], "out_dir": str(out_dir)}), state["step"])
+    statistics, task = statistics_from_file(state["config"]["dataset"], with_task=True)
+    unnorm_key = unnorm_key_for(task)
+    return write_checkpoint(model.eval(), out_dir, {unnorm_key: statistics}, tokenizer,
+                            TrainConfig(**{**state["config"], "out_dir": str(out_dir)}), state["step"], unnorm_key)
 
 
-def write_checkpoint(model, out_dir: Path, statistics: dict, tokenizer, config: TrainConfig, step: int) -> Path:
+def write_checkpoint(model, out_dir: Path, statistics: dict, tokenizer, config: TrainConfig, step: int,
+                     unnorm_key: str = UNNORM_KEY) -> Path:
     """Write to a temporary sibling, then swap it in: a failed write never leaves half a checkpoint."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
         save_checkpoint(model, staging, statistics, tokenizer, preset_name=config.preset, seed=config.seed,
-                        step=step, unnorm_key=UNNORM_KEY, weights_dtype=config.weights_dtype,
+                        step=step, unnorm_key=unnorm_key, weights_dtype=config.weights_dtype,
                         view_names=VIEW_NAMES)
         # mkdtemp makes a private (0700) folder; a shipped checkpoint should be readable by all.
         os.chmod(staging, 0o755)
