@@ -85,6 +85,7 @@ class FaultyPolicy:
     def __init__(self, policy):
         self._policy = policy
         self.fault = None  # None, "raise" or "nan"
+        self.delay = 0.0  # seconds each step takes longer (a slow model, a loaded machine)
 
     def __getattr__(self, name):
         return getattr(self._policy, name)
@@ -92,6 +93,8 @@ class FaultyPolicy:
     def predict(self, *args, **kwargs):
         if self.fault == "raise":
             raise RuntimeError("injected model fault")
+        if self.delay:
+            time.sleep(self.delay)
         out = self._policy.predict(*args, **kwargs)
         if self.fault == "nan":
             out.actions = out.actions.copy()
@@ -177,12 +180,12 @@ def system(tiny_checkpoint):
 def healthy(system):
     """Each case starts from a healthy system and must leave one behind."""
     system.feeder.restore()
-    system.policy.fault = None
+    system.policy.fault, system.policy.delay = None, 0.0
     system.wait_commands(time.monotonic())
     yield system
     system.check_alive_and_within_limits()
     system.feeder.restore()
-    system.policy.fault = None
+    system.policy.fault, system.policy.delay = None, 0.0
     system.wait_commands(time.monotonic())  # it recovers once the input is good again
 
 
@@ -414,3 +417,234 @@ def test_the_node_refuses_a_bad_checkpoint_with_a_message_not_a_traceback(tmp_pa
     assert result.returncode == 1
     assert "fatal:" in result.stderr and "nowhere" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- issue 14: motion safety, hangs, input checks -------------------------------------------------
+def _commands_since(system, since):
+    return [m for m in system.after(system.trajectories, since) if m.points]
+
+
+@pytest.mark.parametrize("joint,value,fragment", [
+    (1, 2.5, "joint2 = 2.5 rad is 0.406 rad above its upper limit 2.0944"),
+    (0, 100.0, "joint1 = 100 rad is 93.7 rad above its upper limit"),
+    (0, 1e308, "joint1 = 1e+308 rad"),
+])
+def test_a_joint_state_outside_the_limits_holds_the_arm_with_the_reason(healthy, joint, value, fragment):
+    """Item 1. Before: the node commanded from the clamped position: first points 5.06 / 938 /
+    inf rad/s from the reported position, diagnostics 'steps faster than 1 rad/s were slowed down'."""
+    positions = HOME + [0.0]
+    positions[joint] = value
+    since = time.monotonic()
+    healthy.feeder.current["joints"] = _joint_msg(positions=positions)
+    healthy.wait_diagnostic(since, fragment)
+    held = time.monotonic()
+    time.sleep(1.0)
+    assert _commands_since(healthy, held + 0.3) == []
+
+
+def test_a_slow_step_publishes_no_stale_command(healthy):
+    """Item 2. Before: a step that outlived max_input_age still published its chunk."""
+    since = time.monotonic()
+    healthy.policy.delay = 1.0  # > max_input_age 0.5
+    text = healthy.wait_diagnostic(since, "chunk dropped: the step took 1.", timeout=20.0)
+    assert "> max_input_age 0.50 s" in text
+    slow_from = time.monotonic() + 0.3
+    time.sleep(2.5)
+    assert _commands_since(healthy, slow_from) == []
+    healthy.policy.delay = 0.0
+
+
+def test_every_command_starts_within_the_velocity_limit_of_the_reported_position(healthy):
+    """Items 1-2: the first point of every command is at most one step at max_joint_velocity from
+    the joint state the arm reported (the feeder's), even while that position jumps around
+    (a driver that reports a position the last command did not lead to)."""
+    since = time.monotonic()
+    for offset in (0.0, 0.3, -0.3, 0.0):
+        positions = list(np.array(HOME) + offset) + [0.0]
+        healthy.feeder.current["joints"] = _joint_msg(positions=positions)
+        start = time.monotonic()
+        wait_for(lambda: _commands_since(healthy, start + 0.3), 30.0, message="a command from the new position")
+        for trajectory in _commands_since(healthy, start + 0.3):
+            first = np.array(trajectory.points[0].positions)
+            assert np.all(np.abs(first - np.array(positions[:6])) <= 1.0 * 0.1 + 1e-9)
+    assert _commands_since(healthy, since)
+
+
+def test_control_rate_changes_always_recover_and_absurd_rates_are_refused(healthy):
+    """Item 4. Before: 0.05 Hz then 10 Hz gave no step for 80 s; 1e-12 gave OverflowError and
+    no step ever again."""
+    for value in (0.05, 1e-12, 5e-324):
+        result = healthy.set("control_rate", value)
+        assert not result.successful and "control_rate out of range Min: 1.0, Max: 100.0" in result.reason
+    assert healthy.set("actions_per_step", 64).successful
+    assert healthy.set("control_rate", 1.0).successful  # the slowest: a step every 64 s
+    time.sleep(1.5)
+    assert healthy.set("control_rate", 10.0).successful and healthy.set("actions_per_step", 2).successful
+    healthy.wait_commands(time.monotonic(), timeout=10.0)
+
+
+def test_the_instruction_parameter_has_the_topics_checks(healthy):
+    """Item 6. Before: the parameter accepted '', '   ', 100 kB, control characters and NUL."""
+    for value, fragment in (("", "instruction is empty"), ("   ", "instruction is empty"),
+                            ("x" * 100_000, "expected at most 512"),
+                            ("move\x07 the cube", "control character U+0007"),
+                            ("move \u202e the cube", "U+202E")):
+        result = healthy.set("instruction", value)
+        assert not result.successful and fragment in result.reason, (value[:20], result.reason)
+    # A NUL cannot travel in a ROS string (the parameter service gets 'move the'); in-process it is refused.
+    result = healthy.node.set_parameters([Parameter("instruction", value="move the\x00 cube")])[0]
+    assert not result.successful and "NUL character at position 8" in result.reason
+    assert healthy.get("instruction") == INSTRUCTION
+    long_words = " ".join(["supercalifragilistic"] * 24)  # 500 characters, far over 128 tokens
+    result = healthy.set("instruction", long_words)
+    assert not result.successful and "tokens long" in result.reason and "would be cut" in result.reason
+
+
+@pytest.mark.parametrize("payload,fragment", [
+    (b"move the\x00 gripper above the red cube", "NUL character at position 8"),
+    (b"move the \x1b[31mgripper", "control character U+001B"),
+    ("move \u200b the gripper".encode(), "U+200B"),
+])
+def test_the_instruction_topic_refuses_what_rclpy_would_hide(healthy, payload, fragment):
+    """Item 6. Before: a NUL cut the instruction to 'move the' and the node obeyed it."""
+    healthy.instruction_pub.publish(_string_cdr(payload))
+    wait_for(lambda: fragment in healthy.node._input_errors.get("instruction", ""), 10.0,
+             message=lambda: f"the instruction error {fragment!r}: {healthy.node._input_errors}")
+    assert healthy.get("instruction") == INSTRUCTION
+    healthy.instruction_pub.publish(String(data=INSTRUCTION))
+    wait_for(lambda: "instruction" not in healthy.node._input_errors, 10.0, message="the error to clear")
+
+
+def test_valid_text_with_a_replacement_character_is_an_instruction(healthy):
+    """Item 6. Before: refused as 'not valid UTF-8'."""
+    text = "move the gripper above the \ufffd cube"
+    healthy.instruction_pub.publish(String(data=text))
+    wait_for(lambda: healthy.get("instruction") == text, 10.0, message="the instruction to be taken")
+    assert healthy.set("instruction", INSTRUCTION).successful
+
+
+@pytest.mark.parametrize("names,positions,fragment", [
+    (list(ROBOT.joints) + ["joint2"], HOME + [2.0], "names 'joint2' twice (entries 1 and 6)"),
+    ([], [], "name none of the arm's joints: joint state names no joints"),
+    (["drive_joint"], [0.3], "name none of the arm's joints: joint state lacks"),
+])
+def test_duplicate_empty_and_gripper_only_joint_states_hold_naming_the_cause(healthy, names, positions, fragment):
+    """Item 7. Before: duplicates used the last value silently; empty/stamp-only/gripper-only
+    messages held with 'joint_states: last message ... old' only."""
+    since = time.monotonic()
+    healthy.feeder.current["joints"] = _joint_msg(names, positions)
+    healthy.wait_diagnostic(since, fragment)
+
+
+def test_a_multi_parameter_request_is_applied_whole_or_not_at_all(system):
+    """Item 8. Before: SetParameters applied the good value and refused only the bad one (rclpy
+    sets them one by one); `ros2 param load` sends a whole file that way."""
+    from rcl_interfaces.srv import SetParameters
+
+    before = (system.get("prune.keep_ratio"), system.get("prune.window"))
+    request = SetParameters.Request(parameters=[
+        Parameter("prune.keep_ratio", value=0.125).to_parameter_msg(),
+        Parameter("prune.window", value=0).to_parameter_msg()])
+    results = system.recorder._call(system.recorder._set, request).results
+    assert [r.successful for r in results] == [False, False]
+    assert "prune.window out of range" in results[0].reason and "none of the 2" in results[0].reason
+    assert (system.get("prune.keep_ratio"), system.get("prune.window")) == before
+    # A dumped file (read-only start-up parameters at their values) loads: no-ops pass.
+    request = SetParameters.Request(parameters=[
+        Parameter("image_transport", value="raw").to_parameter_msg(),
+        Parameter("prune.keep_ratio", value=0.125).to_parameter_msg()])
+    results = system.recorder._call(system.recorder._set, request).results
+    assert all(r.successful for r in results), [r.reason for r in results]
+    assert system.get("prune.keep_ratio") == 0.125
+    assert system.set("prune.keep_ratio", before[0]).successful
+
+
+def test_integers_are_floats_and_a_nameless_parameter_is_not_created(system):
+    """Item 8. Before: `prune.keep_ratio 1` was refused with "expected '3' got '2'"; a parameter
+    named '' was created."""
+    from rcl_interfaces.srv import ListParameters
+
+    result = system.set("prune.keep_ratio", 1)
+    assert result.successful, result.reason
+    assert system.get("prune.keep_ratio") == 1.0 and isinstance(system.get("prune.keep_ratio"), float)
+    assert system.set("prune.keep_ratio", 0.25).successful
+    result = system.set("", 5)
+    assert not result.successful and "no such parameter" in result.reason
+    client = system.probe.create_client(ListParameters, f"/{system.name}/list_parameters")
+    names = system.recorder._call(client, ListParameters.Request()).result.names
+    assert "" not in names and "prune.keep_ratio" in names
+
+
+def test_a_refused_parameter_is_logged_with_the_reason(system):
+    """Issue 15 item 8: `ros2 param set` exits 0 even when refused; the node's log says why."""
+    from rcl_interfaces.msg import Log
+
+    logs = system.recorder.record(Log, "/rosout", depth=200)
+    time.sleep(1.0)  # discovery of the new subscription
+    for name, value, fragment in (("prune.window", 0, "Parameter prune.window out of range"),  # rclpy's range check
+                                  ("prune.method", "fastest", "prune.method: 'fastest' is not one of")):  # ours
+        assert not system.set(name, value).successful
+        wait_for(lambda: any(f"parameter change refused: {fragment}" in m.msg for m in system.after(logs, 0.0)),
+                 10.0, message=f"the refusal of {name} in /rosout")
+
+
+def test_switching_method_live_warms_up_for_window_steps(healthy):
+    """Issue 15 item 8: fastv -> vla_pruner live must give `window` (3) unpruned steps."""
+    assert healthy.set("prune.method", "fastv").successful
+    wait_for(lambda: [m for m in healthy.after(healthy.masks, time.monotonic() - 1) if m.method == "fastv"],
+             30.0, message="fastv steps")
+    since = time.monotonic()
+    assert healthy.set("prune.method", "vla_pruner").successful
+    masks = wait_for(lambda: (lambda ms: ms if sum(not m.warmup for m in ms) >= 2 else None)(
+        [m for m in healthy.after(healthy.masks, since) if m.method == "vla_pruner"]), 60.0,
+        message="vla_pruner steps past warm-up")
+    warm = [m.warmup for m in masks]
+    assert warm[:4] == [True, True, True, False], warm
+    assert all(len(m.kept_indices) == m.num_visual_tokens for m in masks[:3])
+
+
+def test_a_huge_chunk_length_is_refused_at_start_up_in_one_line(tiny_checkpoint, tmp_path):
+    """Item 5. Before: chunk_length 100000 (parameter or sidecar) started, then no step in 60 s,
+    3.3 GB, diagnostics 'nothing received yet', and SIGINT ignored."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    sidecar = _copy_checkpoint(tiny_checkpoint, tmp_path / "huge_chunk")
+    meta = json.loads((sidecar / "vla_pruner_oft.json").read_text())
+    (sidecar / "vla_pruner_oft.json").write_text(json.dumps({**meta, "chunk_length": 100000}))
+    for checkpoint, extra in ((tiny_checkpoint, ["-p", "chunk_length:=100000"]), (sidecar, [])):
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "vla_pruner_ros.nodes.policy_node", "--ros-args",
+             "-p", f"checkpoint:={checkpoint}", *extra],
+            capture_output=True, text=True, timeout=120, env=dict(os.environ))
+        fatal = [line for line in result.stderr.splitlines() if "fatal:" in line]
+        assert result.returncode == 1, result.stderr
+        assert len(fatal) == 1 and "chunk_length 100000 does not fit" in fatal[0], result.stderr
+        assert "max_position_embeddings 2048" in fatal[0] and "Traceback" not in result.stderr
+        assert time.monotonic() - started < 100
+
+
+def test_a_decompression_bomb_on_the_camera_topic_is_refused_and_the_node_stays_responsive(tiny_checkpoint):
+    """Item 3. Before: a 631-byte JPEG declaring 20000x20000 decoded for 25 s (+2.3 GB) on the
+    step thread, over and over."""
+    from test_safety_issue14 import jpeg_bomb
+
+    system = System(tiny_checkpoint, image_transport="compressed", name="bomb_policy")
+    try:
+        system.wait_commands(0.0, timeout=60.0)
+        since = time.monotonic()
+        system.feeder.current["wrist"] = CompressedImage(format="jpeg", data=jpeg_bomb())
+        text = system.wait_diagnostic(since, "wrist camera: compressed image (jpeg header) is 20000x20000")
+        assert "more than max_image_pixels 4194304" in text
+        for _ in range(5):  # the parameter service answers at once while bombs keep arriving
+            asked = time.monotonic()
+            assert system.get("max_image_pixels") == 4194304
+            assert time.monotonic() - asked < 2.0
+        system.check_alive_and_within_limits()
+        system.feeder.restore()
+        system.wait_commands(time.monotonic())
+    finally:
+        system.close()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..pruning import METHODS, PrunerConfig
+from .inputs import clean_instruction
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class NodeSettings:
     max_joint_velocity: float = 3.14
     instruction: str = ""
     publish_overlays: bool = True
+    max_image_pixels: int = 4_194_304
 
     def pruner_config(self) -> PrunerConfig:
         return PrunerConfig(
@@ -88,8 +90,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "Weight of prefill scores in the score_fusion ablation.", 0.0, 1.0),
     ParameterSpec("prune.seed", "seed", 0, "Seed of the random baseline.", 0, 2**31 - 1),
     ParameterSpec("control_rate", "control_rate", 10.0,
-                  "Rate (Hz) of the trajectory points sent to the arm; the chunk's points are 1/control_rate apart.",
-                  0.0, 100.0, exclusive_minimum=True),
+                  "Rate (Hz) of the trajectory points sent to the arm, 1 to 100; the chunk's points are "
+                  "1/control_rate apart.", 1.0, 100.0),
     ParameterSpec("actions_per_step", "actions_per_step", 4,
                   "Points of each chunk followed before the next policy step (the rest is a fallback).", 1, 64),
     ParameterSpec("max_input_age", "max_input_age", 0.5,
@@ -99,11 +101,17 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "Upper bound (rad/s) on commanded joint speed; never above the robot config's limit.",
                   0.0, 10.0, exclusive_minimum=True),
     ParameterSpec("instruction", "instruction", "",
-                  "Task instruction; the instruction topic overrides it. A change starts a new episode."),
+                  "Task instruction; the instruction topic overrides it. A change starts a new episode. "
+                  "Refused: empty, control or invisible format characters, too long."),
     ParameterSpec("publish_overlays", "publish_overlays", True,
                   "Publish camera frames with the pruned patches dimmed (for RViz)."),
+    ParameterSpec("max_image_pixels", "max_image_pixels", 4_194_304,
+                  "Largest camera frame accepted (width*height pixels); a compressed frame declaring more is "
+                  "refused before it is decoded.", 4096, 50_000_000),
 )
 SPECS_BY_NAME = {spec.name: spec for spec in PARAMETERS}
+# Float parameters: an integer value (what people type: `prune.keep_ratio 1`) is taken as that float.
+FLOAT_PARAMETERS = frozenset(spec.name for spec in PARAMETERS if isinstance(spec.default, float))
 
 
 def _type_name(value: Any) -> str:
@@ -129,6 +137,20 @@ def check_value(spec: ParameterSpec, value: Any) -> Any:
     return value
 
 
+def check_instruction_change(value: str, current: str) -> str:
+    """The instruction the policy gets for a new parameter value (``clean_instruction``: the same
+    checks as the instruction topic), or ValueError. '' means "no instruction yet": allowed only
+    where there is none already (the start-up default); to stop the arm, disable motion."""
+    if value == "" and current == "":
+        return ""
+    try:
+        return clean_instruction(value)
+    except ValueError as error:
+        if value.strip() == "":
+            raise ValueError(f"{error} (to stop the arm call ~/enable_motion with false)") from None
+        raise
+
+
 def apply_parameter_changes(
     settings: NodeSettings, changes: dict[str, Any], num_layers: int | None = None
 ) -> NodeSettings:
@@ -141,7 +163,10 @@ def apply_parameter_changes(
         spec = SPECS_BY_NAME.get(name)
         if spec is None:
             continue  # not a live setting (read-only start-up parameter or someone else's)
-        updates[spec.field] = check_value(spec, value)
+        value = check_value(spec, value)
+        if spec.field == "instruction":
+            value = check_instruction_change(value, settings.instruction)
+        updates[spec.field] = value
     new = dataclasses.replace(settings, **updates)
     if num_layers is not None and new.prune_layer >= num_layers:
         raise ValueError(f"prune.layer: {new.prune_layer} must be < the model's {num_layers} LLM layers")

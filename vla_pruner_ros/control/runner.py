@@ -6,6 +6,7 @@ retained-token mask, stats) is derived here as plain values.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import numpy as np
 from ..pruning import PrunerConfig
 from .params import NodeSettings
 from .robot_config import RobotConfig
-from .safety import SafeChunk, make_safe_chunk
+from .safety import SafeChunk, check_joint_state, make_safe_chunk, reanchor_chunk, velocity_limit
 
 
 @dataclass
@@ -139,6 +140,16 @@ class PolicyRunner:
     def num_layers(self) -> int | None:
         return getattr(self.policy, "num_layers", None)
 
+    def check_instruction(self, text: str) -> None:
+        """ValueError when ``text`` does not fit the policy's prompt whole (the policy would cut it)."""
+        builder = getattr(self.policy, "prompt_builder", None)
+        if builder is None or not text or not hasattr(builder, "instruction_tokens"):
+            return
+        tokens = builder.instruction_tokens(text)
+        if tokens > builder.max_instruction_tokens:
+            raise ValueError(f"instruction is {tokens} tokens long; the policy takes at most "
+                             f"{builder.max_instruction_tokens} (it would be cut, so it is refused)")
+
     def reset(self) -> None:
         with self._lock:
             self.policy.reset()
@@ -155,6 +166,9 @@ class PolicyRunner:
                 # A new instruction is a new episode: the policy clears the pruner history itself.
                 self._instruction = observation.instruction
                 self.step_index = 0
+            # No step from a joint state the arm cannot be in (see safety): refuse before the model runs.
+            check_joint_state(observation.joint_positions, self.robot,
+                              velocity_limit(self.robot, settings.max_joint_velocity) * settings.control_period)
             proprio = self.robot.proprio(observation.joint_positions, observation.gripper_position)
             output = self.policy.predict(images=observation.images, proprio=proprio,
                                          instruction=observation.instruction)
@@ -172,6 +186,37 @@ class PolicyRunner:
             )
             self.step_index += 1
             return result
+
+
+class StaleStepError(RuntimeError):
+    """A finished step's chunk is too old to send: its inputs aged past max_input_age while it ran."""
+
+
+def recheck_before_publish(result: StepResult, input_stamps: dict[str, float], latest_joints,
+                           latest_joints_stamp: float | None, now: float, settings: NodeSettings,
+                           robot: RobotConfig) -> StepResult:
+    """The step's result with its chunk re-anchored at where the arm is *now*, or StaleStepError.
+
+    Freshness is checked when a step starts; a slow step (a huge frame, a loaded machine) can
+    finish on inputs that are no longer current while the arm kept moving. So, right before
+    publishing: every input the step used must still be within ``max_input_age``, a joint state
+    that recent must exist, and the chunk is velocity-limited again from that joint state (the
+    first point at most one step at ``max_joint_velocity`` from it). Raises
+    ``JointStateOutOfLimits`` when that joint state is outside the limits.
+    """
+    max_age = settings.max_input_age
+    took = result.wall_ms / 1e3
+    old = {name: now - stamp for name, stamp in input_stamps.items() if now - stamp > max_age}
+    if old:
+        ages = ", ".join(f"{name} {age:.2f} s" for name, age in sorted(old.items()))
+        raise StaleStepError(f"chunk dropped: the step took {took:.2f} s and its inputs were too old to act on "
+                             f"when it finished ({ages} > max_input_age {max_age:.2f} s)")
+    if latest_joints is None or latest_joints_stamp is None or now - latest_joints_stamp > max_age:
+        raise StaleStepError(f"chunk dropped: no joint state newer than max_input_age {max_age:.2f} s to start "
+                             "it from when the step finished")
+    chunk = reanchor_chunk(result.chunk, latest_joints, robot, settings.control_period, settings.max_joint_velocity)
+    notes = [note for note in result.notes if note not in result.chunk.notes] + list(chunk.notes)
+    return dataclasses.replace(result, chunk=chunk, notes=notes)
 
 
 def format_stats_line(fields: dict) -> str:

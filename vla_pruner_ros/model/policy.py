@@ -305,6 +305,25 @@ class Policy:
         )
 
 
+def check_sequence_fits(policy: Policy) -> None:
+    """ValueError (one line) when the longest step sequence -- <s>, every view's patches, proprio, the
+    longest prompt, chunk_length * action_dim placeholders, </s> -- exceeds the positions the LLM
+    was built for (text_config.max_position_embeddings). A chunk_length of 100000 (parameter or
+    sidecar) would otherwise make one step build a 700000-token sequence: minutes and gigabytes,
+    with nothing published and Ctrl-C waiting on it."""
+    builder = policy.prompt_builder
+    limit = int(policy.config.text_config.max_position_embeddings)
+    action_dim, chunk = int(policy.model.action_dim), int(policy.model.chunk_length)
+    fixed = (1 + int(policy.num_visual_tokens) + (1 if policy.model.proprio_projector is not None else 0)
+             + builder._template_tokens + builder.max_instruction_tokens + 1 + 1)
+    if fixed + chunk * action_dim > limit:
+        largest = max(0, (limit - fixed) // action_dim)
+        raise ValueError(
+            f"chunk_length {chunk} does not fit {policy.info.path}: {chunk} x {action_dim} action tokens + {fixed} "
+            f"others = {fixed + chunk * action_dim} positions > the model's max_position_embeddings {limit} "
+            f"(at most chunk_length {largest}; OFT checkpoints are trained with 8 on LIBERO)")
+
+
 def load_policy(path: str | os.PathLike, device: str | torch.device | None = None,
                 dtype: torch.dtype | str | None = None,
                 chunk_length: int | None = None, num_images: int | None = None, unnorm_key: str | None = None,
@@ -346,6 +365,7 @@ def load_policy(path: str | os.PathLike, device: str | torch.device | None = Non
                          f"{info.config.text_config.vocab_size}")
     policy = Policy(loaded.model, info, tokenizer, key, device, dtype, view_names, center_crop,
                     normalization_type, max_instruction_tokens, profile, dtype_reason=choice.reason)
+    check_sequence_fits(policy)  # issue 14: a huge chunk_length must be refused, not run for minutes
     if announce:
         print(f"vla-pruner: policy {info.path} runs in {choice.describe()} on {device}", file=sys.stderr, flush=True)
     if pruner is not None:

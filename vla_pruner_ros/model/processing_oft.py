@@ -201,6 +201,11 @@ class PromptBuilder:
             raise ValueError("instruction: expected a non-empty string")
         return instruction
 
+    def instruction_tokens(self, instruction: str) -> int:
+        """Tokens the (normalised) instruction takes in the prompt: what ``max_instruction_tokens`` caps."""
+        prompt = PROMPT_TEMPLATE.format(instruction=self.normalize_instruction(instruction))
+        return len(self._encode(prompt)) - self._template_tokens
+
     def __call__(self, instruction: str) -> tuple[torch.Tensor, str]:
         """Returns (input_ids (1 + P,), the instruction actually used)."""
         instruction = self.normalize_instruction(instruction)

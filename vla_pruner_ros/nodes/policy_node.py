@@ -20,9 +20,12 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.srv import SetParameters
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
+from rclpy.exceptions import ParameterNotDeclaredException
 from rclpy.parameter import Parameter
+from rclpy.parameter_service import ParameterService
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -31,7 +34,7 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_pruner_ros.control.images import (
-    ImageConversionError,
+    LatestFrameDecoder,
     compressed_to_rgb,
     make_image_converter,
     rgb_to_image_fields,
@@ -41,11 +44,26 @@ from vla_pruner_ros.control.inputs import (
     clean_instruction,
     joint_positions_from_msg,
     optional_joint_position,
+    string_message_bytes,
 )
 from vla_pruner_ros.control.overlay import draw_retained_tokens
-from vla_pruner_ros.control.params import PARAMETERS, apply_parameter_changes, settings_from_parameters
+from vla_pruner_ros.control.params import (
+    FLOAT_PARAMETERS,
+    PARAMETERS,
+    apply_parameter_changes,
+    settings_from_parameters,
+)
 from vla_pruner_ros.control.robot_config import load_robot_config
-from vla_pruner_ros.control.runner import Observation, PolicyRunner, StepResult, format_stats_line, view_grids
+from vla_pruner_ros.control.runner import (
+    Observation,
+    PolicyRunner,
+    StaleStepError,
+    StepResult,
+    format_stats_line,
+    recheck_before_publish,
+    view_grids,
+)
+from vla_pruner_ros.control.safety import JointStateOutOfLimits, check_joint_state, velocity_limit
 from vla_pruner_ros.model.processing_oft import CENTER_CROP_AREA
 from vla_pruner_ros.msg import PrunerStats, RetainedTokenMask
 
@@ -74,9 +92,37 @@ STARTUP_PARAMETERS = {
 }
 
 
+class AllOrNothingParameterService(ParameterService):
+    """rclpy's parameter services, except that a SetParameters request (``ros2 param set``, and
+    ``ros2 param load``, which sends a whole file in one request) is applied all or nothing:
+    rclpy sets its parameters one by one, so one bad value left the others applied. Entries
+    equal to the current value are no-ops (a dumped file names read-only parameters too)."""
+
+    def _set_parameters_callback(self, request: SetParameters.Request, response: SetParameters.Response):
+        node = self._get_node()
+        parameters = [Parameter.from_parameter_msg(p) for p in request.parameters]
+        changes = [p for p in parameters if not node.has_parameter(p.name) or p.name == ""
+                   or node.get_parameter(p.name).type_ != p.type_ or node.get_parameter(p.name).value != p.value]
+        try:
+            result = node.set_parameters_atomically(changes) if changes else SetParametersResult(successful=True)
+        except ParameterNotDeclaredException as error:
+            result = SetParametersResult(successful=False, reason=f"parameter not declared: {error}")
+        if not result.successful and len(parameters) > 1:
+            result.reason += f" (none of the {len(parameters)} parameters of this request was applied)"
+        if not result.successful:
+            # `ros2 param set` exits 0 even when refused (it prints the reason): log it here too.
+            node.get_logger().warning(f"parameter change refused: {result.reason}")
+        response.results = [SetParametersResult(successful=result.successful, reason=result.reason)
+                            for _ in parameters]
+        return response
+
+
 class PolicyNode(Node):
     def __init__(self, policy=None, node_name: str = "vla_pruner_policy", **kwargs):
-        super().__init__(node_name, **kwargs)
+        start_parameter_services = kwargs.pop("start_parameter_services", True)
+        super().__init__(node_name, start_parameter_services=False, **kwargs)
+        if start_parameter_services:
+            AllOrNothingParameterService(self)
         # Whatever process hosts this node (its own, the soak, a test, a composition), its torch
         # step must not wait on GIL hand-overs behind the executor threads (see _common).
         shorten_gil_switch_interval()
@@ -102,17 +148,21 @@ class PolicyNode(Node):
         current = {spec.name: param(spec.name).value for spec in PARAMETERS}
         self._settings = settings_from_parameters(current, self.runner.num_layers)
         self._settings_lock = threading.Lock()
+        self.add_pre_set_parameters_callback(self._integers_for_floats)
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
         self._inputs = InputBuffer(required=(*VIEWS, "joint_states"))
         self._image_to_rgb = make_image_converter()  # cv_bridge when installed
+        # Frames are decoded on their own thread as they arrive (newest only), never on the thread
+        # that decides whether to command the arm; a frame over max_image_pixels is refused undecoded.
+        self._decoder = LatestFrameDecoder(self._decode_frame, self._frame_decoded, name="policy_frames")
         self._gripper_position = 0.0
         self._input_errors: dict[str, str] = {}
         self._motion_enabled = bool(param("autostart").value)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy_step")
         self._in_flight: Future | None = None
-        self._next_step_time = 0.0
+        self._last_step_start: float | None = None  # the next step is due step_period after it
         self._commanding = False  # a trajectory we sent may still be executing
         self._status = (WARN, "waiting for inputs", {})
         self._status_lock = threading.Lock()
@@ -138,7 +188,7 @@ class PolicyNode(Node):
         self._subscribe(JointState, param("joint_states_topic").value, "joint_states", self._on_joint_state,
                         qos_profile_sensor_data, inputs_group)
         self._subscribe(String, param("instruction_topic").value, "instruction", self._on_instruction,
-                        QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE), inputs_group)
+                        QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE), inputs_group, raw=True)
 
         # Commands, masks and stats are recorded and compared later: reliable.
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -155,6 +205,7 @@ class PolicyNode(Node):
         self._overlay_pubs = {view: self.create_publisher(Image, f"~/overlay/{view}",
                                                           QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
                               for view in VIEWS}
+        self._camera_frames: dict[str, str] = {}  # view -> frame_id of its last image (overlays keep it)
 
         self.create_service(SetBool, "~/enable_motion", self._on_enable_motion)
         self.create_service(Trigger, "~/reset_episode", self._on_reset_episode)
@@ -197,11 +248,23 @@ class PolicyNode(Node):
         return policy
 
     # --- parameters ----------------------------------------------------------------------------
+    @staticmethod
+    def _integers_for_floats(parameters: list[Parameter]) -> list[Parameter]:
+        """`ros2 param set ... prune.keep_ratio 1` sends an integer: take it as the float it means."""
+        return [Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+                if p.name in FLOAT_PARAMETERS and p.type_ == Parameter.Type.INTEGER else p for p in parameters]
+
     def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         changes = {p.name: p.value for p in parameters}
         try:
+            undeclared = [p.name for p in parameters if not self.has_parameter(p.name)]
+            if undeclared:
+                raise ValueError(f"no such parameter: {', '.join(repr(n) for n in undeclared)} "
+                                 "(`ros2 param list` shows this node's parameters)")
             with self._settings_lock:
-                apply_parameter_changes(self._settings, changes, self.runner.num_layers)
+                new = apply_parameter_changes(self._settings, changes, self.runner.num_layers)
+                if "instruction" in changes:
+                    self.runner.check_instruction(new.instruction)
         except ValueError as error:
             return SetParametersResult(successful=False, reason=str(error))
         return SetParametersResult(successful=True)
@@ -220,9 +283,10 @@ class PolicyNode(Node):
             return self._settings
 
     # --- inputs --------------------------------------------------------------------------------
-    def _subscribe(self, msg_type, topic: str, input_name: str, handler, qos, group) -> None:
+    def _subscribe(self, msg_type, topic: str, input_name: str, handler, qos, group, raw: bool = False) -> None:
         """Subscribe to serialized messages and deserialize them here: a malformed message (e.g. a
-        string that is not UTF-8) must be reported, not raise inside the executor and stop it."""
+        string that is not UTF-8) must be reported, not raise inside the executor and stop it.
+        With ``raw`` the handler also gets the serialized bytes."""
 
         def callback(data: bytes) -> None:
             try:
@@ -231,7 +295,10 @@ class PolicyNode(Node):
                 self._input_error(input_name, f"undecodable {msg_type.__name__} on {topic}: {error}")
                 return
             try:
-                handler(msg)
+                if raw:
+                    handler(msg, data)
+                else:
+                    handler(msg)
             except Exception as error:  # noqa: BLE001 - a bug here must not stop the node either
                 self._input_error(input_name, f"{type(error).__name__} while handling {topic}: {error}")
 
@@ -245,16 +312,34 @@ class PolicyNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_image(self, view: str, msg, compressed: bool) -> None:
-        self._inputs.put(view, (msg, compressed), stamp_to_seconds(msg.header.stamp), self._now(), msg.header.stamp)
+        self._decoder.submit(view, (msg, compressed, self._now()))
+
+    def _decode_frame(self, item) -> np.ndarray:
+        msg, compressed, _ = item
+        max_pixels = self.settings.max_image_pixels
+        return compressed_to_rgb(msg, max_pixels) if compressed else self._image_to_rgb(msg, max_pixels)
+
+    def _frame_decoded(self, view: str, item, rgb, error) -> None:
+        msg, _, received = item
+        if error:
+            self._input_error(f"{view} camera", error)
+            error = f"{view} camera: {error}"
+        else:
+            self._input_errors.pop(f"{view} camera", None)
+        self._inputs.put(view, rgb, stamp_to_seconds(msg.header.stamp), received, msg.header.stamp, error=error)
+        self._camera_frames[view] = msg.header.frame_id
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
             positions = joint_positions_from_msg(msg, self.robot.joints)
         except ValueError as error:
             # Several publishers may share /joint_states (e.g. the gripper alone): only an
-            # incomplete message that names one of our joints is an error.
+            # incomplete message that names one of our joints is an error; the others are noted,
+            # and named as the cause if no usable joint state arrives.
             if any(name in self.robot.joints for name in msg.name):
                 self._input_error("joint_states", f"ignored: {error}")
+            else:
+                self._inputs.note("joint_states", f"messages there name none of the arm's joints: {error}", self._now())
             gripper = optional_joint_position(msg, self.robot.gripper_joint)
             if gripper is not None:
                 self._gripper_position = gripper
@@ -266,9 +351,11 @@ class PolicyNode(Node):
         self._inputs.put("joint_states", positions, stamp_to_seconds(msg.header.stamp), self._now(),
                          msg.header.stamp)
 
-    def _on_instruction(self, msg: String) -> None:
+    def _on_instruction(self, msg: String, serialized: bytes) -> None:
+        # The bytes as sent: rclpy's string stops at a NUL and turns invalid UTF-8 into U+FFFD.
+        sent = string_message_bytes(serialized)
         try:
-            text = clean_instruction(msg.data)
+            text = clean_instruction(sent if sent is not None else msg.data)
         except ValueError as error:
             self._input_error("instruction", f"ignored: {error}")
             return
@@ -301,18 +388,26 @@ class PolicyNode(Node):
         if self._in_flight is not None and not self._in_flight.done():
             return  # at most one step in flight
         now = self._now()
-        if now < self._next_step_time:
-            return
         settings = self.settings
+        # Due step_period after the last step began, with the period in effect *now*: a rate
+        # change (even from a very slow one back to a fast one) applies at once.
+        if self._last_step_start is not None and now < self._last_step_start + settings.step_period:
+            return
         snapshot, reason = self._inputs.snapshot(now, settings.max_input_age)
         if snapshot is None:
-            extra = "; ".join(self._input_errors.values())
+            extra = "; ".join(v for k, v in self._input_errors.items() if v not in reason)
             self._hold(ERROR if self._steps_done else WARN, f"holding: {reason}" + (f"; {extra}" if extra else ""))
             return
         if not settings.instruction:
             self._hold(WARN, "holding: no instruction (set the 'instruction' parameter or publish one)")
             return
-        self._next_step_time = now + settings.step_period
+        try:
+            check_joint_state(snapshot["joint_states"].value, self.robot,
+                              velocity_limit(self.robot, settings.max_joint_velocity) * settings.control_period)
+        except JointStateOutOfLimits as error:
+            self._hold(ERROR, f"holding: {error}")
+            return
+        self._last_step_start = now
         self._in_flight = self._worker.submit(self._run_step, snapshot, settings, self._motion_enabled)
 
     def _hold(self, level: int, message: str) -> None:
@@ -335,15 +430,7 @@ class PolicyNode(Node):
         """One step on the worker thread. Nothing raised here may escape: a bad frame, a model
         error or a NaN action means no command, a stop, and diagnostics saying why."""
         try:
-            images = {}
-            for view in VIEWS:
-                msg, compressed = snapshot[view].value
-                try:
-                    images[view] = compressed_to_rgb(msg) if compressed else self._image_to_rgb(msg)
-                except ImageConversionError as error:
-                    raise ImageConversionError(f"{view} camera: {error}") from None
-            self._input_errors.pop("fixed camera", None)
-            self._input_errors.pop("wrist camera", None)
+            images = {view: snapshot[view].value for view in VIEWS}  # decoded on arrival
             observation = Observation(
                 images=images,
                 joint_positions=snapshot["joint_states"].value,
@@ -352,6 +439,13 @@ class PolicyNode(Node):
                 stamp=max(item.stamp for item in snapshot.values()),
             )
             result = self.runner.step(observation, settings)
+            # The step may have been slow: act only on inputs that are still current, from where
+            # the arm is now (see recheck_before_publish).
+            latest = self._inputs.get("joint_states")
+            result = recheck_before_publish(
+                result, {name: item.stamp for name, item in snapshot.items()},
+                None if latest is None or latest.error else latest.value,
+                None if latest is None else latest.stamp, self._now(), settings, self.robot)
             # Every input's own stamp, unchanged (no float round trip): a frame stamped before the
             # newest input may still have been in flight when this step began, so a replay needs
             # them all. The newest one is the step's time.
@@ -360,8 +454,8 @@ class PolicyNode(Node):
             stamp = inputs[max(snapshot, key=lambda name: snapshot[name].stamp)]
             self._publish_step(result, images, settings, motion_enabled, stamp, inputs)
         except Exception as error:  # noqa: BLE001 - a failed step must never take the node down
-            if isinstance(error, ImageConversionError):
-                message = f"holding: bad input: {error}"
+            if isinstance(error, (StaleStepError, JointStateOutOfLimits)):
+                message = f"holding: {error}"
             else:
                 message = f"step failed, holding: {type(error).__name__}: {error}"
             self._failed_steps += 1
@@ -442,7 +536,7 @@ class PolicyNode(Node):
                                                crop_scale=crop_scale)
                 msg = Image(**rgb_to_image_fields(overlay))
                 msg.header.stamp = stamp
-                msg.header.frame_id = f"{view}_camera"
+                msg.header.frame_id = self._camera_frames.get(view, "")  # the camera image's own frame
                 publisher.publish(msg)
             offset += count
 
@@ -481,6 +575,7 @@ class PolicyNode(Node):
 
     def destroy_node(self):
         # Let a running step finish (it holds the model); no new ones start after this.
+        self._decoder.close()
         self._worker.shutdown(wait=True, cancel_futures=True)
         return super().destroy_node()
 
