@@ -273,3 +273,147 @@ def test_replay_of_two_bags_writes_a_folder_each_and_resumes(replay_setup):
     code, printed = replay_cli(checkpoint, bags[:1], root / "one")  # one bag: --out is its folder
     assert code == 0 and (root / "one" / "steps.csv").is_file()
     assert replay_rows(root / "one" / "steps.csv") == replay_rows(out / "a" / "steps.csv")
+
+
+# ------------------------------------------------------------------------- eval-libero as units
+class SceneEnv:
+    """LIBERO's environment interface; ``reset`` places a 'fixture' from the global np.random as
+    LIBERO does, and the episode succeeds when the policy's x action crosses that fixture."""
+
+    def __init__(self, task_id, fail_task=None):
+        self.task_id, self.fail_task, self.fixture, self.x = task_id, fail_task, 0.0, 0.0
+
+    def seed(self, seed):
+        np.random.seed(seed)
+
+    def reset(self):
+        self.fixture = float(np.random.uniform(0.2, 0.6))
+        self.x = 0.0
+
+    def set_init_state(self, state):
+        self.x = 0.01 * state
+        return self.obs()
+
+    def obs(self):
+        image = np.full((8, 8, 3), int(100 * self.fixture), np.uint8)
+        return {"agentview_image": image, "robot0_eye_in_hand_image": image,
+                "robot0_eef_pos": np.array([self.x, 0.0, 0.0]), "robot0_eef_quat": np.array([0.0, 0.0, 0.0, 1.0]),
+                "robot0_gripper_qpos": np.array([0.02, -0.02])}
+
+    def step(self, action):
+        if self.task_id == self.fail_task and action[0] != 0:
+            raise RuntimeError("MuJoCo unstable")
+        self.x += action[0]
+        done = self.x >= self.fixture
+        return self.obs(), float(done), done, {}
+
+    def close(self):
+        pass
+
+
+class SceneSuite:
+    name, num_tasks = "fake_suite", 3
+
+    def __init__(self, fail_task=None):
+        self.fail_task = fail_task
+
+    def instruction(self, task_id):
+        return f"task {task_id}"
+
+    def initial_states(self, task_id):
+        return list(range(10))
+
+    def make_env(self, task_id):
+        return SceneEnv(task_id, self.fail_task)
+
+
+class ObservingPolicy:
+    """Actions from the observation and the pruner only (no history), like a real policy."""
+
+    view_names, proprio_dim, chunk_length = ("fixed", "wrist"), 8, 4
+
+    def __init__(self):
+        self.keep = 1.0
+
+    def set_pruner(self, config):
+        self.keep = 1.0 if config is None else config.keep_ratio
+
+    def reset(self):
+        pass
+
+    def predict(self, images, proprio, instruction):
+        from types import SimpleNamespace
+
+        step = 0.02 * self.keep + 0.001 * float(images["fixed"][0, 0, 0]) / 100
+        actions = np.array([[step, 0, 0, 0, 0, 0, 1.0]] * 4)
+        return SimpleNamespace(actions=actions, timings={"total": 1.0}, flops={"ratio": self.keep},
+                               pruned=self.keep < 1)
+
+
+@dataclass(frozen=True)
+class FakeLibero:
+    """A LiberoSource for the fakes (what a Ray worker loads)."""
+
+    suite: str = "fake_suite"
+    fail_task: int | None = None
+    seed: int = 7
+
+    def load_policy(self):
+        return ObservingPolicy()
+
+    def load_suite(self):
+        return SceneSuite(self.fail_task)
+
+
+def libero_setup(**changes):
+    from vla_pruner_ros.libero.protocol import build_configurations
+    from vla_pruner_ros.libero.runner import EpisodeSettings
+    from vla_pruner_ros.pruning import METHODS
+
+    configurations = build_configurations(["none", "fastv"], [0.5, 0.25], METHODS)
+    return configurations, EpisodeSettings(max_steps=30, num_steps_wait=2, **changes)
+
+
+def libero_records(store):
+    return sorted(json.dumps({k: v for k, v in vars(r).items() if k not in ("wall_s", "chunk_ms")}, sort_keys=True)
+                  for r in store.records.values())
+
+
+def test_libero_units_equal_the_serial_loop_and_resume(tmp_path):
+    from vla_pruner_ros.distributed.libero import evaluate_units
+    from vla_pruner_ros.libero.results import ResultsStore
+    from vla_pruner_ros.libero.runner import evaluate
+
+    configurations, settings = libero_setup()
+    plain = ResultsStore(tmp_path / "plain")
+    evaluate(ObservingPolicy(), SceneSuite(), configurations, [0, 2], 3, settings, plain, progress=False)
+    store = ResultsStore(tmp_path / "units")
+    ran = evaluate_units(FakeLibero(), configurations, [0, 2], 3, settings, store, progress=False,
+                         policy=ObservingPolicy(), suite=SceneSuite())
+    assert ran == 3 * 2 * 3 == len(store)
+    assert libero_records(store) == libero_records(plain)
+    assert len({r.success for r in store.records.values()}) == 2  # the fakes give both outcomes
+    again = ResultsStore(tmp_path / "units")
+    assert evaluate_units(FakeLibero(), configurations, [0, 2], 3, settings, again, progress=False,
+                          policy=ObservingPolicy(), suite=SceneSuite()) == 0
+    # a worker that starts at episode 2 of a task gets OFT's scene for episode 2 (SceneSeeds)
+    late = ResultsStore(tmp_path / "late")
+    for record in plain.records.values():
+        if record.episode < 2:
+            late.add(record)
+    assert evaluate_units(FakeLibero(), configurations, [0, 2], 3, settings, late, progress=False,
+                          policy=ObservingPolicy(), suite=SceneSuite()) == 6
+    assert libero_records(late) == libero_records(plain)
+
+
+def test_libero_units_stop_when_a_configuration_only_raises(tmp_path):
+    from vla_pruner_ros.distributed.libero import evaluate_units
+    from vla_pruner_ros.libero.results import ResultsStore
+    from vla_pruner_ros.libero.runner import EvaluationAborted
+
+    configurations, settings = libero_setup()
+    store = ResultsStore(tmp_path)
+    with pytest.raises(EvaluationAborted, match="none: all 3 episode"):
+        evaluate_units(FakeLibero(fail_task=0), configurations, [0], 3, settings, store, progress=False,
+                       policy=ObservingPolicy(), suite=SceneSuite(fail_task=0))
+    assert len(store) == 0 and "MuJoCo unstable" in (tmp_path / "errors.log").read_text()

@@ -13,7 +13,9 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra (scripts/setup
 from vla_pruner_ros.distributed import RayBackend, SerialBackend, Unit, run_units  # noqa: E402
 from vla_pruner_ros.distributed.eval_sim import SINK_FILE, evaluate_sweep, sink_for, sim_units  # noqa: E402
 
-from test_distributed import outcomes, replay_cli, replay_rows, replay_setup, small_config  # noqa: E402,F401
+from test_distributed import (  # noqa: E402,F401
+    FakeLibero, ObservingPolicy, SceneSuite, libero_records, libero_setup, outcomes, replay_cli, replay_rows,
+    replay_setup, small_config)
 
 METHODS, RATIOS, EPISODES = ("fastv", "vla_pruner"), (0.5, 0.25), 3  # 4 configurations x 3 episodes
 
@@ -109,9 +111,12 @@ def _ship_this_module_by_value():
     work classes travel by value."""
     import sys
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    modules = [sys.modules[__name__], sys.modules["test_distributed"]]
+    for module in modules:
+        ray.cloudpickle.register_pickle_by_value(module)
     yield
-    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    for module in modules:
+        ray.cloudpickle.unregister_pickle_by_value(module)
 
 
 class FailsOn:
@@ -145,3 +150,20 @@ def test_replay_of_two_bags_on_ray_equals_the_serial_replay(cluster, replay_setu
     assert "[ray] 2 worker(s)" in printed
     for bag in ("a", "b"):
         assert replay_rows(tmp_path / "ray" / bag / "steps.csv") == replay_rows(tmp_path / "serial" / bag / "steps.csv")
+
+
+def test_eval_libero_units_on_ray_equal_the_serial_loop(cluster, tmp_path):
+    """The LIBERO loop on scripted stand-ins (LIBERO itself is another optional extra): workers load
+    their own policy and suite, episodes land in the same episodes.jsonl as the serial run's."""
+    from vla_pruner_ros.distributed.libero import evaluate_units
+    from vla_pruner_ros.libero.results import ResultsStore
+    from vla_pruner_ros.libero.runner import evaluate
+
+    configurations, settings = libero_setup()
+    plain = ResultsStore(tmp_path / "plain")
+    evaluate(ObservingPolicy(), SceneSuite(), configurations, [0, 1, 2], 4, settings, plain, progress=False)
+    store = ResultsStore(tmp_path / "ray")
+    ran = evaluate_units(FakeLibero(), configurations, [0, 1, 2], 4, settings, store, progress=False,
+                         backend=RayBackend(workers=2, quiet=True), num_tasks=3)
+    assert ran == 3 * 3 * 4 and libero_records(store) == libero_records(plain)
+    assert len(ResultsStore(tmp_path / "ray")) == 36  # each episode once in the file

@@ -17,6 +17,7 @@ from .core import (
     Outcome,
     RunReport,
     SerialBackend,
+    SweepIncomplete,
     Unit,
     UnitFailure,
     Work,
@@ -30,7 +31,8 @@ from .sink import JsonlSink
 
 __all__ = [
     "add_ray_arguments", "backend_from_args",
-    "MAX_ATTEMPTS", "Outcome", "RunReport", "SerialBackend", "Unit", "UnitFailure", "Work", "WorkerSetupError",
+    "MAX_ATTEMPTS", "Outcome", "RunReport", "SerialBackend", "SweepIncomplete", "Unit", "UnitFailure", "Work",
+    "WorkerSetupError",
     "describe_failures", "exception_signature", "run_units",
     "INSTALL_HINT", "RayBackend", "ray_unavailable_reason",
     "JsonlSink",

@@ -204,6 +204,16 @@ def run_units(work: Work, units: Iterable[Unit], backend: Backend | None = None,
     return report
 
 
+class SweepIncomplete(RuntimeError):
+    """Some units failed twice; the finished ones are in the sink, a new run retries the rest."""
+
+    def __init__(self, report: RunReport):
+        self.report = report
+        lines = "\n  ".join(describe_failures(report))
+        super().__init__(f"{len(report.failed)} unit(s) failed and were given up on (finished units are kept; "
+                         f"run the same command again to retry them):\n  {lines}")
+
+
 def describe_failures(report: RunReport, limit: int = 10) -> list[str]:
     """Lines for the terminal: the units given up on, with the signatures of their attempts."""
     lines = [str(failure) for failure in list(report.failed.values())[:limit]]

@@ -20,22 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .core import Backend, RunReport, Unit, describe_failures, run_units
+from .core import Backend, SweepIncomplete, Unit, run_units  # noqa: F401 (SweepIncomplete: raised here)
 from .sink import JsonlSink
 
 SINK_FILE = "episodes.jsonl"
 # EvalConfig fields that choose which units run rather than what one unit computes.
 _NOT_IN_FINGERPRINT = ("methods", "keep_ratios", "episodes", "include_expert", "seed")
-
-
-class SweepIncomplete(RuntimeError):
-    """Some units failed twice; the finished ones are in the sink, a new run retries the rest."""
-
-    def __init__(self, report: RunReport):
-        self.report = report
-        lines = "\n  ".join(describe_failures(report))
-        super().__init__(f"{len(report.failed)} unit(s) failed and were given up on (finished units are kept; "
-                         f"run the same command again to retry them):\n  {lines}")
 
 
 def unit_key(method: str, keep_ratio: float, seed: int) -> str:
