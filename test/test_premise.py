@@ -8,6 +8,7 @@ import torch
 
 from vla_pruner_ros.evaluation.premise import (
     SCORES,
+    SETS,
     PremiseObservation,
     PremiseProbe,
     format_summary,
@@ -79,6 +80,9 @@ def test_probe_measures_the_model_itself(tiny_policy):
             assert step.recall[name] in (0.0, 1.0)  # k = 1 of 5
             assert step.keep_deviation[name] > 0  # keeping a quarter of the tokens moves the actions
     assert math.isfinite(steps[1].temporal_vs_now) and math.isnan(steps[2].temporal_vs_now)  # reset per episode
+    # the methods' own sets: VLA-Pruner's needs a history (not on an episode's first step)
+    assert [math.isnan(s.keep_deviation["vla_pruner_set"]) for s in steps] == [True, False, True]
+    assert steps[1].keep_deviation["vla_pruner_set"] > 0 and all(s.keep_deviation["divprune_set"] > 0 for s in steps)
 
     summary = summarize(steps, 0.25)
     assert summary["steps"] == 3 and summary["episodes"] == 2 and summary["scores"]["s_act_temporal"]["steps"] == 1
@@ -96,6 +100,6 @@ def test_premise_command_on_tiny(tiny_checkpoint, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "premise check: 2 steps of 1 episode(s), 4 tokens measured per step" in printed
     saved = json.loads((tmp_path / "premise.json").read_text())
-    assert len(saved["steps"]) == 2 and set(saved["summary"]["scores"]) == set(SCORES)
+    assert len(saved["steps"]) == 2 and set(saved["summary"]["scores"]) == set(SCORES) | set(SETS)
     assert (tmp_path / "premise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["premise", "--checkpoint", str(tmp_path), "--sim", "1"]) == 2  # not a checkpoint

@@ -18,7 +18,8 @@ Per policy step (unpruned observation, run on the checkpoint itself):
   top-k recall (k = keep_ratio x the tokens measured): the share of the k most important tokens
   that are among the score's k highest (chance = k / tokens measured).
 * **Direct test**: the action change when keeping only the top keep_ratio x M tokens of each
-  score (one pruned pass per score), next to keeping random tokens.
+  score (one pruned pass per score), next to keeping random tokens, and when keeping the sets
+  VLA-Pruner (Alg. 2 over S_vl and the temporal S_act, diversity filter) and DivPrune would keep.
 
 `PremiseStep` holds one step's numbers; `summarize` averages them over steps and states the verdict.
 """
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 
 from ..model.modeling_llama import PruneRequest
-from ..pruning import DecayingWindow
+from ..pruning import DecayingWindow, dual_level_select, min_redundancy_filter
 
 # score name -> what it is (the order of every table and plot)
 SCORES = {
@@ -48,6 +49,11 @@ SCORES = {
     "random": "random score (floor)",
 }
 GROUP_OF = {"s_vl": "vl", "fastv": "prefix", "fastv_last": "last", "fastv_all_rows": "all"}
+# token sets of the methods that are not a top-k of one score (direct test only)
+SETS = {
+    "vla_pruner_set": "VLA-Pruner's selection: Alg. 2 over S_vl and the temporal S_act (absent without history)",
+    "divprune_set": "DivPrune's selection: Alg. 1 over all tokens",
+}
 
 
 @dataclass
@@ -187,6 +193,17 @@ class PremiseProbe:
             kept = torch.as_tensor(np.sort(np.argsort(-score, kind="stable")[:keep_budget]), dtype=torch.long)
             actions, _ = self._run(inputs_embeds, layout, kept)
             record.keep_deviation[name] = float(torch.linalg.vector_norm(actions - reference))
+        features = inputs_embeds[0, layout.visual].float()
+        sets = {"divprune_set": min_redundancy_filter(features, torch.arange(num_visual), keep_budget)}
+        if temporal is not None:
+            sets["vla_pruner_set"] = dual_level_select(features, torch.as_tensor(scores["s_vl"]), temporal,
+                                                       keep_budget)
+        for name in SETS:
+            if name not in sets:
+                record.keep_deviation[name] = float("nan")
+                continue
+            actions, _ = self._run(inputs_embeds, layout, sets[name].sort().values.cpu())
+            record.keep_deviation[name] = float(torch.linalg.vector_norm(actions - reference))
         if temporal is not None:
             record.temporal_vs_now = spearman(temporal.numpy(), action_now.numpy())
         return record
@@ -261,10 +278,11 @@ def summarize(steps: Sequence[PremiseStep], keep_ratio: float) -> dict:
     if not steps:
         raise ValueError("no step was measured")
     rows = {}
-    for name in SCORES:
-        rho, rho_ci, n = _mean_ci([s.spearman[name] for s in steps])
-        recall, recall_ci, _ = _mean_ci([s.recall[name] for s in steps])
-        deviation, deviation_ci, _ = _mean_ci([s.keep_deviation[name] for s in steps])
+    for name in (*SCORES, *SETS):
+        rho, rho_ci, n = _mean_ci([s.spearman.get(name, float("nan")) for s in steps])
+        recall, recall_ci, _ = _mean_ci([s.recall.get(name, float("nan")) for s in steps])
+        deviation, deviation_ci, n_dev = _mean_ci([s.keep_deviation.get(name, float("nan")) for s in steps])
+        n = max(n, n_dev)
         rows[name] = {"spearman": rho, "spearman_ci95": rho_ci, "recall": recall, "recall_ci95": recall_ci,
                       "keep_deviation": deviation, "keep_deviation_ci95": deviation_ci, "steps": n}
     chance = float(np.mean([s.chance_recall for s in steps]))
@@ -327,6 +345,10 @@ def format_summary(summary: dict) -> str:
         if row["steps"] == 0:
             lines.append(f"{name:<16} {'(no step)':>16}")
             continue
+        if name in SETS:
+            lines.append(f"{name:<16} {'(a set)':>16} {'':>16} "
+                         f"{row['keep_deviation']:>14.4f} ± {row['keep_deviation_ci95']:<7.4f}")
+            continue
         lines.append(f"{name:<16} {row['spearman']:>+8.3f} ± {row['spearman_ci95']:<5.3f} "
                      f"{row['recall']:>8.3f} ± {row['recall_ci95']:<5.3f} "
                      f"{row['keep_deviation']:>14.4f} ± {row['keep_deviation_ci95']:<7.4f}")
@@ -358,13 +380,15 @@ def plot_premise(summary: dict, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
 
     names = [n for n, row in summary["scores"].items() if row["steps"]]
+    set_names = [n for n in names if n in SETS]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), dpi=110)
     panels = (("spearman", "Spearman rho vs causal importance"), ("recall", "top-k recall"),
               ("keep_deviation", f"action change keeping top {summary['keep_ratio']:g}"))
-    colours = ["tab:blue" if n in ("action_now", "s_act_temporal") else
+    colours = ["tab:green" if n in SETS else "tab:blue" if n in ("action_now", "s_act_temporal") else
                "tab:gray" if n == "random" else "tab:orange" for n in names]
     for ax, (key, title) in zip(axes, panels):
         values = [summary["scores"][n][key] for n in names]
+        values = [0.0 if (n in set_names and key != "keep_deviation") else v for n, v in zip(names, values)]
         errors = [summary["scores"][n][key + "_ci95"] for n in names]
         errors = [e if math.isfinite(e) else 0.0 for e in errors]
         ax.bar(range(len(names)), values, yerr=errors, color=colours, capsize=3)
