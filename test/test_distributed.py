@@ -180,12 +180,19 @@ def test_eval_sim_units_equal_the_serial_loop_and_resume_runs_nothing(tiny_check
     again = evaluate_sweep(config, sink=sink_for(config, tmp_path), progress=False,
                            on_result=lambda key, result: ran.append(key))
     assert len(ran) == 4 and again["units"] == {"ran": 0, "resumed": 4, "retried": {}}
-    assert again["episodes"] == swept["episodes"]
+    assert outcomes(again["episodes"]) == outcomes(swept["episodes"]) and again["num_visual_tokens"] == 512
+    assert outcomes(again["rows"]) == outcomes(swept["rows"])
     more = small_config(tiny_checkpoint, episodes=3)  # one more episode per configuration: only those run
     grown = evaluate_sweep(more, sink=sink_for(more, tmp_path), progress=False)
-    assert grown["units"]["ran"] == 2 and grown["episodes"][:2] == swept["episodes"][:2]
-    with pytest.raises(ValueError, match="different run"):
+    assert grown["units"]["ran"] == 2
+    assert outcomes(grown["episodes"][:2]) == outcomes(swept["episodes"][:2])
+    with pytest.raises(ValueError, match="other settings"):
         sink_for(small_config(tiny_checkpoint, window=3), tmp_path)
+    # the serial command's own resume reads what the units wrote (one file, one format)
+    from vla_pruner_ros.training.evaluate import EpisodeLog
+
+    log = EpisodeLog(tmp_path / "episodes.jsonl", more)
+    assert len(log.done) == 6 and log.get("vla_pruner", 0.5, 2).seed == 2
 
 
 # ------------------------------------------------------------------------- replay as units

@@ -11,7 +11,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (scripts/setup_ray.sh), not installed here")
 
 from vla_pruner_ros.distributed import RayBackend, SerialBackend, Unit, run_units  # noqa: E402
-from vla_pruner_ros.distributed.eval_sim import SINK_FILE, evaluate_sweep, sink_for, sim_units  # noqa: E402
+from vla_pruner_ros.distributed.eval_sim import SINK_FILE, evaluate_sweep, sim_units, sink_for, unit_key  # noqa: E402
 
 from test_distributed import (  # noqa: E402,F401
     FakeLibero, ObservingPolicy, SceneSuite, libero_records, libero_setup, outcomes, replay_cli, replay_rows,
@@ -50,8 +50,9 @@ def serial(config, tmp_path_factory):
 
 
 def _stored_keys(out_dir):
+    """The unit keys of the episodes in eval-sim's episode log, in file order (repeats kept)."""
     lines = (out_dir / SINK_FILE).read_text().splitlines()[1:]
-    return [json.loads(line)["key"] for line in lines]
+    return [unit_key(e["method"], e["keep_ratio"], e["seed"]) for e in map(json.loads, lines)]
 
 
 def test_ray_sweep_equals_the_serial_run(cluster, config, serial, tmp_path):

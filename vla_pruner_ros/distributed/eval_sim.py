@@ -3,8 +3,10 @@
 ``evaluate_sweep`` returns exactly what ``training.evaluate.evaluate`` returns (same rows, same
 episode records in the same order, so the same tables, CSV, plots and paired report), but runs the
 episodes through ``run_units``: on this machine one after the other (``SerialBackend``), or on Ray
-workers that each load the policy once (``RayBackend``), with every finished episode in a
-``JsonlSink`` so an interrupted sweep resumes where it stopped.
+workers that each load the policy once (``RayBackend``). Finished episodes go to the serial run's
+own ``EpisodeLog`` (--out/episodes.jsonl, through ``EpisodeLogSink``), so a sweep resumes where it
+stopped whichever way it ran before. Units are seed-major as in the serial loop: a sweep stopped
+early holds (nearly) the same scenes for every configuration.
 
 Per-episode results do not depend on the worker or the order: each episode starts from
 ``env.reset(seed)`` and ``policy.reset()`` (which also restarts the random method's generator), so
@@ -20,12 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .core import Backend, SweepIncomplete, Unit, run_units  # noqa: F401 (SweepIncomplete: raised here)
-from .sink import JsonlSink
+from .core import Backend, SweepIncomplete, Unit, run_units
 
-SINK_FILE = "episodes.jsonl"
-# EvalConfig fields that choose which units run rather than what one unit computes.
-_NOT_IN_FINGERPRINT = ("methods", "keep_ratios", "episodes", "include_expert", "seed")
+SINK_FILE = "episodes.jsonl"  # the serial run's EpisodeLog
 
 
 def unit_key(method: str, keep_ratio: float, seed: int) -> str:
@@ -33,22 +32,54 @@ def unit_key(method: str, keep_ratio: float, seed: int) -> str:
 
 
 def sim_units(config) -> list[Unit]:
-    """Configuration-major, as the serial loop runs them."""
+    """Seed-major, as the serial loop runs them: every configuration's scene i before scene i + 1."""
     return [Unit(unit_key(method, ratio, config.seed + i), (method, float(ratio), config.seed + i))
-            for method, ratio in config.configurations() for i in range(config.episodes)]
+            for i in range(config.episodes) for method, ratio in config.configurations()]
 
 
-def fingerprint(config) -> dict:
-    data = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
-    data["checkpoint"] = str(Path(config.checkpoint).expanduser().resolve())
-    return data
+class EpisodeLogSink:
+    """``run_units``' sink over eval-sim's ``EpisodeLog``: the same file and resume rule as the serial run."""
+
+    def __init__(self, log, config):
+        self.log = log
+        self.config = config
+
+    @property
+    def path(self) -> Path:
+        return self.log.path
+
+    def results(self) -> dict:
+        from ..training.evaluate import EpisodeResult  # noqa: F401 (the log's records)
+
+        return {unit_key(method, ratio, seed): {"episode": asdict(result)}
+                for (method, ratio, seed), result in self.log.done.items()}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.results()
+
+    def add(self, key: str, result: dict) -> None:
+        from ..training.evaluate import EpisodeResult
+
+        method, ratio, seed = _unit_args(key)
+        episode = EpisodeResult(**result["episode"])
+        self.log.add(method, ratio, episode)
+        self.log.done[(method, round(ratio, 6), seed)] = episode
 
 
-def sink_for(config, out_dir, resume: bool = True) -> JsonlSink:
+def sink_for(config, out_dir, resume: bool = True) -> EpisodeLogSink:
+    """The serial run's episode log in ``out_dir`` (ValueError if it was written with other settings)."""
+    from ..training.evaluate import EpisodeLog
+
     path = Path(out_dir) / SINK_FILE
     if not resume and path.exists():
         path.unlink()
-    return JsonlSink(path, fingerprint(config))
+    return EpisodeLogSink(EpisodeLog(path, config), config)
+
+
+def _unit_args(key: str) -> tuple[str, float, int]:
+    label, seed = key.rsplit("/seed=", 1)
+    method, ratio = label.rsplit("@", 1)
+    return method, float(ratio), int(seed)
 
 
 @dataclass
@@ -73,7 +104,9 @@ class SimEpisodeWork:
 
         config = self.config
         torch.set_num_threads(config.threads)
-        policy = self.policy if self.policy is not None else load_policy(config.checkpoint, device="cpu")
+        dtype = getattr(config, "dtype", "auto")
+        policy = self.policy if self.policy is not None else \
+            load_policy(config.checkpoint, device="cpu", dtype=None if dtype == "auto" else dtype)
         for method, _ in config.configurations():
             if method != "none" and config.prune_layer >= policy.num_layers:
                 raise ValueError(f"EvalConfig.prune_layer={config.prune_layer}: the checkpoint's LLM has "
@@ -92,12 +125,11 @@ class SimEpisodeWork:
             state["pair"] = (method, ratio)
         result = run_episode(policy, state["env"], seed, state["robot"], config.actions_per_step,
                              config.max_joint_velocity, task=config.task)
-        budget = pruner.budget(policy.num_visual_tokens) if pruner else policy.num_visual_tokens
-        return {"episode": asdict(result), "budget": int(budget), "num_visual_tokens": int(policy.num_visual_tokens),
+        return {"episode": asdict(result), "num_visual_tokens": int(policy.num_visual_tokens),
                 "num_layers": int(policy.num_layers)}
 
 
-def evaluate_sweep(config, backend: Backend | None = None, sink: JsonlSink | None = None, progress: bool = True,
+def evaluate_sweep(config, backend: Backend | None = None, sink: EpisodeLogSink | None = None, progress: bool = True,
                    policy=None, make_env: Callable | None = None,
                    on_result: Callable[[str, dict], None] | None = None) -> dict:
     """``training.evaluate.evaluate`` through ``run_units`` (see the module doc). Raises
@@ -113,7 +145,7 @@ def evaluate_sweep(config, backend: Backend | None = None, sink: JsonlSink | Non
     if progress:
         from tqdm import tqdm
 
-        stored = sink.results() if sink is not None else {}
+        stored = sink.results() if sink is not None else {}  # resumed episodes count in the bar
         done = 0
         for unit in units:
             if unit.key in stored:
@@ -146,20 +178,29 @@ def evaluate_sweep(config, backend: Backend | None = None, sink: JsonlSink | Non
             policy.set_pruner(None)
     if report.failed:
         raise SweepIncomplete(report)
-    rows, episodes_out, first = [], [], None
+    num_visual, num_layers = _model_shape(config, report.results.values())
+    rows, episodes_out = [], []
     for method, ratio in config.configurations():
-        results = []
-        for i in range(config.episodes):
-            item = report.results[unit_key(method, ratio, config.seed + i)]
-            first = first or item
-            results.append(EpisodeResult(**item["episode"]))
-        rows.append(summarize(method, ratio, results, first["num_visual_tokens"],
-                              report.results[unit_key(method, ratio, config.seed)]["budget"]))
+        results = [EpisodeResult(**report.results[unit_key(method, ratio, config.seed + i)]["episode"])
+                   for i in range(config.episodes)]
+        pruner = config.pruner(method, ratio)
+        rows.append(summarize(method, ratio, results, num_visual, pruner.budget(num_visual) if pruner else num_visual))
         episodes_out.extend({"method": method, "keep_ratio": ratio, **_episode_dict(r)} for r in results)
     out = {"config": asdict(config), "expert": expert, "rows": rows, "episodes": episodes_out,
-           "num_visual_tokens": first["num_visual_tokens"], "num_layers": first["num_layers"],
-           "wall_s": time.time() - started}
+           "num_visual_tokens": num_visual, "num_layers": num_layers, "wall_s": time.time() - started}
     out["units"] = {"ran": len(report.ran), "resumed": len(report.resumed),
                     "retried": {k: v for k, v in report.retried.items()}}
     return out
 
+
+
+def _model_shape(config, results) -> tuple[int, int]:
+    """(visual tokens, LLM layers): from a unit that ran, else from the checkpoint's config (every
+    episode was resumed: nothing loaded the policy)."""
+    for result in results:
+        if "num_visual_tokens" in result:
+            return int(result["num_visual_tokens"]), int(result["num_layers"])
+    from ..model import inspect_checkpoint
+
+    info = inspect_checkpoint(config.checkpoint)
+    return int(info.config.patches_per_view * info.num_images), int(info.config.text_config.num_hidden_layers)
