@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..pruning import PrunerConfig, make_pruner
+from ..pruning.budget import suffix_units
 from .checkpoint import load_checkpoint, validate_unnorm_key
 from .modeling_llama import PruneRequest, fuse_projections_
 from .precision import DtypeChoice, resolve_dtype
@@ -242,7 +243,7 @@ class Policy:
             instruction_used = self.prompt_builder.normalize_instruction(instruction)
             if instruction_used != self._instruction:
                 if self._pruner is not None and self._instruction is not None:
-                    self._pruner.reset()
+                    self._pruner.reset(reason="instruction")  # a shift fallback may prune the refill
                 self._instruction = instruction_used
             input_ids, instruction_used = self.prompt_builder(instruction_used)
             pixel_values = self.image_processor(views).to(device=self.device, dtype=self.dtype)
@@ -281,6 +282,13 @@ class Policy:
                           seq_after if prune else None, prune.layer if prune else None)
         timings = {stage: timer.ms.get(stage, 0.0) for stage in STAGES} if timer.enabled else {}
         timings["total"] = (time.perf_counter() - start) * 1e3
+        if self._pruner is not None and self._pruner.latency is not None and timer.enabled:
+            # latency budget (issue 17): the layers after K are the part that scales with kept tokens
+            variable = timings["llm_suffix"] if prune else timings["llm_prefix"] * (
+                1 - self._pruner.config.prune_layer / self.num_layers)
+            self._pruner.record_step(timings["total"], variable, len(kept), suffix_units(
+                text.num_hidden_layers, self._pruner.config.prune_layer, text.hidden_size,
+                text.intermediate_size, seq_before - num_visual))
         s_vl = decoder.prefill_scores.get("vl")
         s_act = decoder.action_scores
         if s_act is not None:

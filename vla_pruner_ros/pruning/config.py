@@ -15,6 +15,8 @@ from .registry import method_names
 
 SMOOTHING_KINDS = ("window", "ema")
 UNOBSERVED_POLICIES = ("zero", "carry")
+ACTION_SOURCES = ("temporal", "current", "fused")  # where VLA-Pruner's action level comes from
+SHIFT_FALLBACKS = ("off", "current", "widen")  # what a step does when a shift is detected
 _MAX_SEED = 2**63 - 1
 
 
@@ -73,6 +75,25 @@ class PrunerConfig:
             its share from the history).  See `temporal.py`.
         fusion_weight: w in the score_fusion ablation, fused = w * S_vl + (1 - w) * S_act.
         seed: seed of the `random` method's generator (restarted by `reset()`).
+        action_source: where the action level of `vla_pruner` (and `action_only`, `score_fusion`)
+            comes from: "temporal" (the paper: Ŝ_act from past steps, Eq. 6/7, with warm-up),
+            "current" (this step's action-row attention at the score layers < K: OFT decodes the chunk
+            in parallel, so those rows exist at prefill; no history, no warm-up) or "fused"
+            (current_weight * current + (1 - current_weight) * temporal, both as distributions; the
+            current score alone while the history fills).  See `methods.py`.
+        current_weight: lambda of the "fused" action source, in [0, 1].
+        shift_fallback: shift-aware fallback (Remark 1, `shift.py`): "off", "current" (a step with a
+            detected shift uses the current-step action score; after an instruction change the
+            history refills with pruned current-score steps instead of an unpruned warm-up) or
+            "widen" (a shift step keeps `shift_widen` times more tokens).
+        shift_image_threshold: image change (1 - mean token cosine) above which a step is a shift;
+            0 disables the image signal.
+        shift_overlap_threshold: temporal/current top-k overlap below which a step is a shift; 0
+            disables the overlap signal.
+        shift_widen: budget factor of the "widen" fallback, >= 1.
+        target_ms: latency budget (`budget.py`): > 0 makes the keep ratio follow a per-step target
+            time (keep_ratio is then the upper bound); 0 = off.
+        min_keep_ratio: the lowest keep ratio the latency budget may choose, in (0, 1].
     """
 
     method: str = "vla_pruner"
@@ -88,6 +109,14 @@ class PrunerConfig:
     unobserved: str = "zero"
     fusion_weight: float = 0.5
     seed: int = 0
+    action_source: str = "temporal"
+    current_weight: float = 0.5
+    shift_fallback: str = "off"
+    shift_image_threshold: float = 0.05
+    shift_overlap_threshold: float = 0.3
+    shift_widen: float = 2.0
+    target_ms: float = 0.0
+    min_keep_ratio: float = 0.1
 
     def __post_init__(self):
         methods = method_names()
@@ -119,6 +148,17 @@ class PrunerConfig:
         _check_unit_interval("fusion_weight", self.fusion_weight)
         if not _is_int(self.seed) or not 0 <= self.seed <= _MAX_SEED:
             raise ValueError(f"PrunerConfig.seed={self.seed!r} is invalid: expected an int in [0, 2**63 - 1]")
+        for name, choices in (("action_source", ACTION_SOURCES), ("shift_fallback", SHIFT_FALLBACKS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"PrunerConfig.{name}={getattr(self, name)!r} is invalid: expected one of {choices}")
+        for name in ("current_weight", "shift_image_threshold", "shift_overlap_threshold"):
+            _check_unit_interval(name, getattr(self, name))
+        _check_unit_interval("min_keep_ratio", self.min_keep_ratio, low_open=True)
+        if not _is_real(self.shift_widen) or not 1.0 <= self.shift_widen <= 100.0:
+            raise ValueError(f"PrunerConfig.shift_widen={self.shift_widen!r} is invalid: expected a number in [1, 100]")
+        if not _is_real(self.target_ms) or not 0.0 <= self.target_ms < math.inf:
+            raise ValueError(f"PrunerConfig.target_ms={self.target_ms!r} is invalid: expected a finite number >= 0 "
+                             "(0 = no latency budget)")
 
     def replace(self, **changes) -> "PrunerConfig":
         """A copy with `changes` applied, validated like a new config."""

@@ -13,21 +13,27 @@ decorating it with `@register("name")` makes it selectable.  Adding a method tou
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 import torch
 
+from .budget import LatencyBudget
 from .config import PrunerConfig
 from .registry import method_class, method_names, register
 from .selection import dual_level_pools, min_redundancy_filter, topk_indices
+from .shift import ShiftDecision, ShiftDetector
 from .temporal import EMA, DecayingWindow
 
 # every Selection.diagnostics has exactly these keys, so rows of any method tabulate together
 DIAGNOSTIC_KEYS = (
     "method", "pruned", "warmup", "num_visual", "budget", "num_kept",
     "pool_vl", "pool_act", "pool_dual", "pool_ratio", "overlap_vl_act", "select_ms",
+    # issue 17: where the action level came from, the shift detector, the latency budget
+    "action_source", "shift", "shift_reason", "fallback", "image_change", "action_overlap",
+    "target_ms", "predicted_ms", "chosen_keep_ratio",
 )
 
 
@@ -58,11 +64,28 @@ class Pruner:
     prefill_groups: Tuple[str, ...] = ()  # query groups the selection reads
     needs_features = False  # reads the visual embeddings (diversity)
     needs_history = False  # reads the temporal S_act estimate (warm-up, observe)
+    uses_action_level = False  # has an action level that `PrunerConfig.action_source` may re-source
 
     def __init__(self, config: PrunerConfig):
         self.config = config
+        # issue 17: the action level from the current step ("current"), the history, or both
+        self.action_source = config.action_source if self.uses_action_level else "temporal"
+        if self.uses_action_level and self.action_source == "current":
+            self.needs_history = False
+        self.shift = None
+        if self.uses_action_level and self.needs_history and config.shift_fallback != "off":
+            self.shift = ShiftDetector(config.shift_image_threshold, config.shift_overlap_threshold)
+        if self.uses_action_level and (self.action_source != "temporal" or self.shift is not None):
+            self.prefill_groups = tuple(dict.fromkeys((*self.prefill_groups, "action")))
+        self.latency = None
+        if config.target_ms > 0 and self.name != "none":
+            self.latency = LatencyBudget(config.target_ms, min(config.min_keep_ratio, config.keep_ratio),
+                                         config.keep_ratio)
         self.history = self._make_history() if self.needs_history else None
         self._plan: Optional[PrunePlan] = None
+        self._refill = False  # the history refills after an instruction change (shift fallback)
+        self._decision: Optional[ShiftDecision] = None
+        self._fallback = ""
 
     def _make_history(self):
         cfg = self.config
@@ -75,6 +98,10 @@ class Pruner:
         """Decide the coming step.  `num_layers` is T, the decoder's layer count."""
         cfg = self.config
         budget = cfg.budget(num_visual_tokens)  # validates num_visual_tokens
+        if self.latency is not None:  # the latency budget picks the count, keep_ratio is its ceiling
+            self.latency.max_keep_ratio = cfg.keep_ratio
+            self.latency.min_keep_ratio = min(cfg.min_keep_ratio, cfg.keep_ratio)
+            budget = min(budget, self.latency.choose(num_visual_tokens))
         # method "none" has no layer K, so any decoder depth (a tiny test model too) is fine
         min_layers = 1 if self.name == "none" else cfg.prune_layer + 1
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < min_layers:
@@ -91,6 +118,12 @@ class Pruner:
                 "action-score history: call reset() before changing the number of visual tokens"
             )
         warmup = self.history is not None and not self.history.ready
+        if warmup and self.action_source == "fused":
+            warmup = False  # fused: the current-step score alone while the history fills
+        if self._refill and self.history is not None and self.history.ready:
+            self._refill = False
+        if warmup and self._refill:
+            warmup = False  # after an instruction change: pruned current-score steps, no unpruned warm-up
         prune = self.name != "none" and not warmup and budget < num_visual_tokens
         self._plan = PrunePlan(
             prune=prune,
@@ -118,8 +151,12 @@ class Pruner:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
+        self._decision, self._fallback = None, ""
+        budget = plan.budget
         if plan.prune:
-            kept, pools = self._choose(features, scores, plan.budget, num_tokens, device)
+            self._scores = scores
+            budget = self._check_shift(features, scores, budget, num_tokens, device)
+            kept, pools = self._choose(features, scores, budget, num_tokens, device)
         else:
             kept, pools = torch.arange(num_tokens, device=device), {}
         if device.type == "cuda":
@@ -133,11 +170,63 @@ class Pruner:
         if self.history is not None:
             self.history.update(action_scores, observed)
 
-    def reset(self) -> None:
-        """New episode or instruction: forget the history and the last plan."""
+    def reset(self, reason: Optional[str] = None) -> None:
+        """New episode or instruction: forget the history and the last plan.
+
+        `reason="instruction"` (the policy saw a new instruction mid-run): with a shift fallback the
+        history still restarts, but the steps that refill it prune with the current-step action
+        score instead of running unpruned (and the shift is reported on the next step)."""
         if self.history is not None:
             self.history.reset()
         self._plan = None
+        self._refill = reason == "instruction" and self.shift is not None
+        if self.shift is not None:
+            self.shift.reset()
+            if self._refill:
+                self.shift.instruction_changed()
+
+    def record_step(self, total_ms: float, variable_ms: float, kept: int, units=None) -> None:
+        """After a step, for the latency budget: its total time, the time of the layers after K and
+        the kept token count (`units`: kept -> cost units, see budget.py).  No-op without a target."""
+        if self.latency is not None:
+            if units is not None:
+                self.latency.units = units
+            self.latency.observe(kept, total_ms, variable_ms)
+
+    # -- action level (issue 17) ----------------------------------------------------------------
+    def _check_shift(self, features, scores, budget, num_tokens, device) -> int:
+        """Run the shift detector (when configured) and set this step's fallback; the budget to use."""
+        if self.shift is None:
+            return budget
+        temporal = self.history.estimate() if self.history is not None and self.history.ready else None
+        feats = features if isinstance(features, torch.Tensor) and features.dim() == 2 else None
+        self._decision = self.shift.check(feats, temporal, scores.get("action"), budget)
+        if self._refill:
+            self._fallback = "current"
+        elif self._decision.fired:
+            self._fallback = self.config.shift_fallback
+        if self._fallback == "widen" or (self._refill and self.config.shift_fallback == "widen"):
+            return min(num_tokens, int(math.ceil(budget * self.config.shift_widen)))
+        return budget
+
+    def _action_level(self, scores, device) -> torch.Tensor:
+        """The action-level score of Alg. 2 for this step, from `action_source` and any fallback.
+
+        temporal: Ŝ_act of the history (Eq. 6/7, the paper).  current: this step's action-row
+        attention at the score layers < K (prefill group "action").  fused: λ·p_now + (1-λ)·p_temp
+        with both normalised to sum 1 (the history stores distributions, temporal.py), λ =
+        current_weight; the current score alone while the history is empty."""
+        current = scores.get("action")
+        if current is not None and (self.action_source == "current" or self._fallback == "current"):
+            return current.float()
+        estimate = self.history.estimate() if self.history is not None else None
+        if self.action_source == "fused" and current is not None:
+            now = _as_distribution(current.float())
+            if estimate is None or not self.history.ready:
+                return now
+            weight = self.config.current_weight
+            return weight * now + (1.0 - weight) * _as_distribution(estimate.to(device))
+        return estimate.to(device)
 
     # -- for subclasses -------------------------------------------------------------------------
     def _choose(self, features, scores, budget, num_tokens, device) -> Tuple[torch.Tensor, Dict[str, object]]:
@@ -145,7 +234,7 @@ class Pruner:
         raise NotImplementedError
 
     def _action_estimate(self, device) -> torch.Tensor:
-        return self.history.estimate().to(device)
+        return self._action_level(self._scores, device)
 
     # -- helpers --------------------------------------------------------------------------------
     def _check_inputs(self, features, prefill_scores, num_tokens):
@@ -180,7 +269,17 @@ class Pruner:
             "pool_ratio": pools["pool_dual"] / pool_vl if pool_vl else 0.0,
             "overlap_vl_act": pools.get("overlap_vl_act", 0.0),
             "select_ms": select_ms,
+            "action_source": self.action_source,
+            "shift": bool(self._decision is not None and (self._decision.fired or self._refill)),
+            "shift_reason": self._decision.reason if self._decision is not None else "",
+            "fallback": self._fallback,
+            "image_change": self._decision.image_change if self._decision is not None else float("nan"),
+            "action_overlap": self._decision.action_overlap if self._decision is not None else float("nan"),
         }
+        latency = self.latency.diagnostics(plan.num_visual_tokens) if self.latency is not None else {}
+        diagnostics["target_ms"] = latency.get("target_ms", 0.0)
+        diagnostics["predicted_ms"] = latency.get("predicted_ms", float("nan"))
+        diagnostics["chosen_keep_ratio"] = latency.get("chosen_keep_ratio", float("nan"))
         return diagnostics
 
 
@@ -221,6 +320,7 @@ class VLAPruner(Pruner):
     prefill_groups = ("vl",)
     needs_features = True
     needs_history = True
+    uses_action_level = True
 
     def _choose(self, features, scores, budget, num_tokens, device):
         pool_dual, pools = _dual_pool_diagnostics(scores["vl"], self._action_estimate(device), budget)
@@ -287,6 +387,7 @@ class ActionOnly(Pruner):
     """Ablation: Top-M~ of the temporal action estimate Ŝ_act alone."""
 
     needs_history = True
+    uses_action_level = True
 
     def _choose(self, features, scores, budget, num_tokens, device):
         return topk_indices(self._action_estimate(device), budget), {"pool_act": budget, "pool_dual": budget}
@@ -302,6 +403,7 @@ class ScoreFusion(Pruner):
 
     prefill_groups = ("vl",)
     needs_history = True
+    uses_action_level = True
 
     def _choose(self, features, scores, budget, num_tokens, device):
         s_vl, s_act = scores["vl"].float(), self._action_estimate(device)
@@ -309,6 +411,12 @@ class ScoreFusion(Pruner):
         fused = weight * _min_max(s_vl) + (1.0 - weight) * _min_max(s_act)
         _, pools = _dual_pool_diagnostics(s_vl, s_act, budget)
         return topk_indices(fused, budget), pools
+
+
+def _as_distribution(scores: torch.Tensor) -> torch.Tensor:
+    """scores / sum (all zeros stay zeros), as the history normalises its observations."""
+    total = scores.sum()
+    return scores / total if float(total) > 0 else scores
 
 
 def _min_max(scores: torch.Tensor) -> torch.Tensor:
