@@ -97,6 +97,12 @@ def test_demo_prints_a_line_per_step_and_stops_cleanly_on_sigterm(tiny_checkpoin
     assert process.returncode == 0, output
     assert "Traceback" not in output, output
     assert "[demo] stopping nodes" in output and "policy latency after warm-up: median" in output, output
+    # No step was held because a camera frame or joint state waited too long to reach the policy
+    # (issue 15: "holding: fixed: last message 0.65 s old > max_input_age 0.50 s" every few seconds
+    # on an idle 2-core machine, the executor starved by the policy step). A step that is itself
+    # slower than max_input_age (a loaded machine) drops its chunk with another message.
+    assert not re.search(r"\[policy ERROR\] holding: \w+: last message", output), output
+    assert re.search(r"age of a step's oldest input when its stats arrived: median \d+ ms", output), output
     assert {p.name for p in log_dir.iterdir()} >= {"vla_pruner_policy.log", "sim_xarm6.log", "sim_cameras.log"}
 
 

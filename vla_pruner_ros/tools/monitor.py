@@ -36,6 +36,8 @@ class DemoMonitor(Node):
         self._instruction = instruction
         self._last_diag: tuple[int, str] | None = None
         self._latencies: list[float] = []
+        self._input_ages: list[float] = []  # ms: oldest input of a step when its stats arrive here
+        self._holds = 0  # diagnostics that went to ERROR (a held step: stale or bad input)
         self._steps = 0
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(PrunerStats, f"/{policy_node}/stats", self._on_stats, reliable)
@@ -77,6 +79,9 @@ class DemoMonitor(Node):
         self._steps += 1
         if not fields["warmup"]:
             self._latencies.append(fields["total_ms"])
+        if msg.input_stamps:
+            oldest = min(stamp.sec + stamp.nanosec * 1e-9 for stamp in msg.input_stamps)
+            self._input_ages.append((self.get_clock().now().nanoseconds * 1e-9 - oldest) * 1e3)
         print(format_stats_line(fields) + self._target_text(), flush=True)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
@@ -87,6 +92,7 @@ class DemoMonitor(Node):
             if key != self._last_diag:
                 self._last_diag = key
                 level = _LEVELS.get(status.level, str(status.level))
+                self._holds += status.level == DiagnosticStatus.ERROR
                 print(f"[policy {level}] {status.message}", flush=True)
 
     def print_summary(self) -> None:
@@ -96,3 +102,7 @@ class DemoMonitor(Node):
                   f"max {max(self._latencies):.1f})")
         else:
             print(f"[demo] {self._steps} steps")
+        if self._input_ages:
+            print(f"[demo] age of a step's oldest input when its stats arrived: median "
+                  f"{statistics.median(self._input_ages):.0f} ms, max {max(self._input_ages):.0f} ms; "
+                  f"ERROR holds: {self._holds}")
