@@ -45,14 +45,16 @@ SCORES = {
     "fastv_last": "fastv_last: the last row before the action rows at K-1 (FastV's own)",
     "fastv_all_rows": "fastv_all_rows: every row at K-1, action rows included",
     "action_now": "current step's action-row attention, latter-half layers (oracle S_act)",
+    "action_k1": "current step's action-row attention at layer K-1 (action_source=current, issue 17)",
     "s_act_temporal": "temporal S_act: decaying window of the previous steps (what VLA-Pruner uses)",
     "random": "random score (floor)",
 }
-GROUP_OF = {"s_vl": "vl", "fastv": "prefix", "fastv_last": "last", "fastv_all_rows": "all"}
+GROUP_OF = {"s_vl": "vl", "fastv": "prefix", "fastv_last": "last", "fastv_all_rows": "all", "action_k1": "action"}
 # token sets of the methods that are not a top-k of one score (direct test only)
 SETS = {
     "vla_pruner_set": "VLA-Pruner's selection: Alg. 2 over S_vl and the temporal S_act (absent without history)",
     "divprune_set": "DivPrune's selection: Alg. 1 over all tokens",
+    "vla_pruner_current_set": "VLA-Pruner with action_source=current: Alg. 2 over S_vl and action_k1",
 }
 
 
@@ -194,7 +196,9 @@ class PremiseProbe:
             actions, _ = self._run(inputs_embeds, layout, kept)
             record.keep_deviation[name] = float(torch.linalg.vector_norm(actions - reference))
         features = inputs_embeds[0, layout.visual].float()
-        sets = {"divprune_set": min_redundancy_filter(features, torch.arange(num_visual), keep_budget)}
+        sets = {"divprune_set": min_redundancy_filter(features, torch.arange(num_visual), keep_budget),
+                "vla_pruner_current_set": dual_level_select(features, torch.as_tensor(scores["s_vl"]),
+                                                            torch.as_tensor(scores["action_k1"]), keep_budget)}
         if temporal is not None:
             sets["vla_pruner_set"] = dual_level_select(features, torch.as_tensor(scores["s_vl"]), temporal,
                                                        keep_budget)
