@@ -244,7 +244,8 @@ class PolicyNode(Node):
             chunk_length=chunk_length or None,
             center_crop=crops[crop],
         )
-        self.get_logger().info(f"policy loaded in {time.perf_counter() - started:.1f} s")
+        self.get_logger().info(f"policy loaded in {time.perf_counter() - started:.1f} s; runs in "
+                               f"{policy.dtype_choice.describe()} on {policy.device}")
         return policy
 
     # --- parameters ----------------------------------------------------------------------------

@@ -125,6 +125,10 @@ def run(args) -> int:
     checkpoint = overrides["checkpoint"]
     print(f"[demo] simulated xArm6 + cameras + policy node; checkpoint: {checkpoint}")
     print(f"[demo] node logs: {log_dir}/<node>.log")
+    if overrides.get("dtype", "auto") == "auto" and overrides.get("device", "auto") in ("auto", "cpu"):
+        from vla_pruner_ros.model.precision import resolve_dtype
+
+        print(f"[demo] policy dtype: {resolve_dtype('auto', 'cpu').describe()}")
     # Our own signal handling: rclpy's would shut the context down under a running spin_once
     # (a race that surfaces as a random RCLError). Ctrl-C and SIGTERM ask the loop to stop, then the
     # nodes are stopped in order. (Set explicitly: a shell starts background jobs with SIGINT ignored.)
