@@ -81,3 +81,35 @@ def test_config_validates_names_without_importing_the_methods_first():
     registry = importlib.import_module("vla_pruner_ros.pruning.registry")
     with pytest.raises(ValueError, match="already registered"):
         registry.register("fastv")(type("Impostor", (), {}))
+
+
+def test_variants_through_the_model_keep_the_top_of_their_rows(tiny_checkpoint):
+    """On the tiny checkpoint: each variant's kept tokens are the top-M~ of its own query rows'
+    attention at layer K-1, as the decoder computes it, and the three variants keep different sets."""
+    import numpy as np
+
+    from vla_pruner_ros.evaluation.premise import PremiseObservation, PremiseProbe
+    from vla_pruner_ros.model import load_policy
+    from vla_pruner_ros.pruning import topk_indices
+
+    policy = load_policy(tiny_checkpoint, device="cpu", dtype=torch.float32)
+    rng = np.random.default_rng(5)
+    images = {view: rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for view in policy.view_names}
+    proprio = rng.uniform(-0.5, 0.5, policy.proprio_dim)
+    observation = PremiseObservation(images=images, proprio=proprio, instruction="pick up the red cube", episode=0)
+    probe = PremiseProbe(policy, prune_layer=3)
+    with torch.inference_mode():
+        inputs_embeds, layout = probe._inputs(observation)
+        _, out = probe._run(inputs_embeds, layout, None, groups=("prefix", "last", "all"))
+    budget = PrunerConfig(keep_ratio=0.25).budget(layout.num_visual)
+    kept = {}
+    for method, group in (("fastv", "prefix"), ("fastv_last", "last"), ("fastv_all_rows", "all")):
+        policy.set_pruner(PrunerConfig(method=method, keep_ratio=0.25, prune_layer=3))
+        policy.reset()
+        result = policy.predict(images, proprio, "pick up the red cube")
+        assert result.pruned and len(result.kept_indices) == budget
+        expected = topk_indices(out.prefill_scores[group], budget).tolist()
+        assert result.kept_indices.tolist() == expected, method
+        kept[method] = set(result.kept_indices.tolist())
+    policy.set_pruner(None)
+    assert kept["fastv"] != kept["fastv_last"] and kept["fastv"] != kept["fastv_all_rows"]
