@@ -337,7 +337,7 @@ class SceneSuite:
 class ObservingPolicy:
     """Actions from the observation and the pruner only (no history), like a real policy."""
 
-    view_names, proprio_dim, chunk_length = ("fixed", "wrist"), 8, 4
+    view_names, proprio_dim, chunk_length, action_dim = ("fixed", "wrist"), 8, 4, 7
 
     def __init__(self):
         self.keep = 1.0

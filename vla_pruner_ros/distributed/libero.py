@@ -89,16 +89,20 @@ class LiberoEpisodeWork:
         return state
 
     def setup(self) -> dict:
-        if self.policy is None:
-            import random
+        if self.policy is None:  # a worker of its own: seeded as eval-libero seeds the serial run
+            from ..tools.eval_libero import seed_everything
 
-            import torch
+            seed_everything(self.source.seed)
+        policy = self.policy if self.policy is not None else self.source.load_policy()
+        if self.policy is None:  # the serial driver checks its own policy
+            from ..libero.protocol import ACTION_DIM, PROPRIO_DIM
 
-            random.seed(self.source.seed)
-            np.random.seed(self.source.seed)
-            torch.manual_seed(self.source.seed)
-        return {"policy": self.policy if self.policy is not None else self.source.load_policy(),
-                "suite": self.suite if self.suite is not None else self.source.load_suite(),
+            if policy.action_dim != ACTION_DIM:
+                raise ValueError(f"--checkpoint: action dimension {policy.action_dim}; LIBERO needs {ACTION_DIM}")
+            if policy.proprio_dim not in (None, PROPRIO_DIM):
+                raise ValueError(f"--checkpoint: proprio dimension {policy.proprio_dim}; LIBERO's proprio has "
+                                 f"{PROPRIO_DIM}")
+        return {"policy": policy, "suite": self.suite if self.suite is not None else self.source.load_suite(),
                 "task": None, "env": None, "scenes": None, "configuration": None, "warmed": set()}
 
     def run(self, state: dict, args, tick=None) -> dict:
