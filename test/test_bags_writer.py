@@ -255,3 +255,28 @@ def mcap_records_are_contiguous(path) -> bool:
             return False
         position += 9 + length
     return position == len(data) - len(magic)
+
+
+def test_recover_an_mcap_file_cut_in_the_middle_of_a_record(tmp_path):
+    """A file cut anywhere (here: inside the last chunk) gives back every complete chunk."""
+    from vla_pruner_ros.bags import open_bag
+    from vla_pruner_ros.bags.recover import recover_bag
+
+    bag = BagWriter(tmp_path / "bag", "mcap", reserve_bytes=0, commit_interval_s=1e-9)
+    bag.open()
+    bag.add_topic("/chatter", "std_msgs/msg/String")
+    for i in range(9):
+        bag.write("/chatter", 1000 + i, payload(i))  # commit_interval_s ~0: one chunk per message
+    file = tmp_path / "bag" / "bag.mcap"
+    nine = file.stat().st_size  # the flush put each chunk into the file at once
+    bag.write("/chatter", 1009, payload(9))
+    data = file.read_bytes()
+    bag._writer.abort()  # as a killed writer leaves it: no summary, no metadata.yaml
+    file.write_bytes(data[:(nine + len(data)) // 2])  # cut inside the tenth chunk
+    with pytest.raises(Exception):
+        open_bag(tmp_path / "bag").__enter__()
+    report = recover_bag(tmp_path / "bag")
+    assert report.messages == 9 and "incomplete record" in report.note, report
+    with open_bag(tmp_path / "bag") as recovered:
+        assert [m.data for m in recovered.messages()] == [payload(i) for i in range(9)]
+        assert [m.timestamp_ns for m in recovered.messages()] == [1000 + i for i in range(9)]

@@ -10,7 +10,11 @@
   drops the partial write and closes the bag (summary + ``metadata.yaml``), so every message
   that reached the bag before the failure can be read. sqlite3 bags are committed every
   ``commit_interval_s`` or ``commit_bytes``, whichever comes first: sqlite rolls the open
-  transaction back on a full disk, so that bounds what a failure loses.
+  transaction back on a full disk, so that bounds what a failure loses;
+* a bag that can be recovered when the writer is killed: MCAP chunks are closed and flushed
+  to the file at least every ``commit_interval_s`` (rosbags alone keeps up to 1 MiB in
+  memory), sqlite3 is committed as above, so ``bags.recover`` finds all but the last
+  ``commit_interval_s`` of messages in the file.
 """
 from __future__ import annotations
 
@@ -231,6 +235,8 @@ class BagWriter:
                 self._fail(err, f"writing a {topic} message", position=position, pending=(topic, timestamp_ns, data))
             self.counts[topic] += 1
             self.bytes_per_topic[topic] += len(data)
+            if self.storage == "mcap" and time.monotonic() - self._last_commit >= self.commit_interval_s:
+                self._flush_chunk()
             if self.storage == "sqlite3" and (
                     time.monotonic() - self._last_commit >= self.commit_interval_s
                     or self.bytes_written - sum(self._committed[4].values()) >= self.commit_bytes):
@@ -245,17 +251,51 @@ class BagWriter:
         self.write(topic, timestamp_ns, serialize(msg, msgtype, self._store))
 
     def flush(self) -> None:
-        """Make what was written so far durable (sqlite3: commit; MCAP keeps its current chunk
-        in memory until it is full or the bag closes)."""
+        """Put what was written so far into the file (sqlite3: commit; MCAP: write the pending
+        chunk), so that a killed writer leaves it there for ``bags.recover``."""
         with self._lock:
             self._check_writable()
             if self.storage != "sqlite3":
+                self._flush_chunk()
                 return
             try:
                 self._writer.storage.conn.commit()
             except sqlite3.Error as err:
                 self._fail(err, "committing to the database")
             self._snapshot()
+
+    def flush_if_due(self) -> None:
+        """flush() when something is unflushed and the last flush is ``commit_interval_s`` old
+        (a recorder calls this while idle, so the tail of a recording does not wait in memory)."""
+        with self._lock:
+            if self._writer is None or self.error is not None:
+                return
+            storage = self._writer.storage
+            pending = (storage.conn.in_transaction if self.storage == "sqlite3" else storage.chunk.bio.tell() > 0)
+            if pending and time.monotonic() - self._last_commit >= self.commit_interval_s:
+                self.flush()
+
+    def _flush_chunk(self) -> None:
+        """MCAP: write the pending chunk to the file now and flush it to the OS, so a killed
+        writer leaves it in the file."""
+        storage = self._writer.storage
+        position = self._file_position()
+        try:
+            if storage.chunk.bio.tell():
+                storage.close_chunk()
+            storage.bio.flush()
+        except OSError as err:
+            if storage.chunk.bio.tell():
+                # close_chunk() failed before it recorded the chunk: cut the partial record off;
+                # close() writes the same chunk again. (A failed flush() keeps its data buffered
+                # for close() to write once the reserve is freed.)
+                try:
+                    storage.bio.seek(position)
+                    storage.bio.truncate()
+                except OSError:
+                    pass
+            self._fail(err, "writing a chunk to the MCAP file")
+        self._last_commit = time.monotonic()
 
     def _snapshot(self) -> None:
         writer = self._writer

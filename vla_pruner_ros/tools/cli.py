@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("vla_pruner_ros.tools.bench", "benchmark ms per action chunk and FLOPs per pruning method"),
     "bench-select": ("vla_pruner_ros.tools.bench_select", "benchmark token selection alone against a dense matmul"),
     "record": ("vla_pruner_ros.tools.record", "record ROS topics into a rosbag2 directory (sqlite3 or mcap)"),
+    "bag": ("vla_pruner_ros.tools.bag", "recover a bag whose recorder was killed (bag recover DIR)"),
     "replay": ("vla_pruner_ros.tools.replay", "replay a bag offline through the policy with several pruning methods"),
     "soak": ("vla_pruner_ros.tools.soak", "run the simulated system for many steps and report memory and drift"),
     "train-sim": ("vla_pruner_ros.tools.train_sim", "train a small OFT-format policy on the simulated reach task"),

@@ -14,10 +14,21 @@ How it works:
   receive time, like ``ros2 bag record``.
 * ROS callbacks only queue the payload; a writer thread writes the queue, so a slow disk does
   not stall message intake.
-* On SIGINT/SIGTERM (or ``--duration`` / ``--max-messages``) it takes every message that had
-  already arrived, stops subscribing, writes the whole queue, closes the bag and prints a
-  table. A write error (disk full, ...) stops the recording with a clear message; the bag is
+* Each round of the main loop takes every message waiting in the subscriptions' DDS queues
+  (not one per executor round), so a burst does not overflow them.
+* On SIGINT/SIGTERM (or ``--duration``) it keeps taking until every topic is drained: each
+  message the subscriptions had received is written, and so is what was still in flight
+  when the stop came. A topic counts as drained once it delivers a message published after
+  the stop, or once nothing arrived on it for ``DRAIN_QUIET_S`` (DDS resends a lost sample at
+  the publisher's next heartbeat, 3 s by default), ``DRAIN_TIMEOUT_S`` at most: a stop takes
+  up to 3.5 s unless every topic is still publishing.
+  Then it stops subscribing, writes the whole queue, closes the bag and prints a table.
+  A write error (disk full, ...) stops the recording with a clear message; the bag is
   closed and stays readable with what reached it (see ``vla_pruner_ros.bags.writer``).
+* A recorder killed without a chance to close (SIGKILL, power loss) leaves a bag without
+  ``metadata.yaml`` (and, for MCAP, without its summary): ``vla-pruner bag recover DIR``
+  rebuilds a readable bag from the complete records in the file. The writer makes the data
+  durable every second (sqlite3 commit, MCAP chunk), which bounds what such a kill loses.
 """
 from __future__ import annotations
 
@@ -38,7 +49,12 @@ from vla_pruner_ros.bags.types import normalize_type, ros_message_class
 NODE_NAME = "vla_pruner_recorder"
 SUBSCRIPTION_DEPTH = 1000  # messages DDS holds for us until taken (KEEP_LAST drops beyond)
 DISCOVERY_PERIOD_S = 0.2  # how often the graph is polled for new topics
-DRAIN_TIMEOUT_S = 2.0  # at most this long to take already-arrived messages after a stop
+# After a stop, a topic on which nothing arrived for this long is drained. A sample the transport
+# dropped in a burst is sent again at the publisher's next heartbeat: every 3 s with Fast DDS's
+# defaults (measured: the tail of a 1000-message burst arrived 2.98-3.04 s late, 1 burst in 8).
+DRAIN_QUIET_S = 3.5
+DRAIN_TIMEOUT_S = 10.0  # after a stop, take arriving messages at most this long
+TAKE_BATCH = 1000  # messages taken from one subscription per round of the main loop
 MAX_QUEUED_BYTES = 1 << 30  # beyond this the writer is hopelessly behind: drop and count
 INFINITE_NS = 2**63 - 1  # rmw's "infinite" duration
 
@@ -214,6 +230,7 @@ class _Shared:
     accepted: int = 0  # messages taken into the queue
     dropped: int = 0  # messages not written (writer failed or hopelessly behind)
     stop: threading.Event = field(default_factory=threading.Event)
+    stop_ns: int = 0  # wall-clock time of the stop request
     write_error: BagWriteError | None = None
 
 
@@ -229,6 +246,7 @@ class Recorder:
         self.stop_reason = ""
         self._subscriptions = {}
         self._skipped: set[str] = set()  # topics that cannot be recorded (warned once)
+        self._last_arrival: dict[str, float] = {}  # topic -> time.monotonic() of its newest message
         self._context = self._node = self._executor = self._writer_thread = None
         self._started = self._next_discovery = self._next_progress = 0.0
         self._tty = False
@@ -239,10 +257,11 @@ class Recorder:
         shared, stats, limit = self.shared, self.stats[topic], self.config.max_messages
 
         def on_message(data: bytes, info) -> None:
+            self._last_arrival[topic] = time.monotonic()
             received_ns = int(info.get("received_timestamp") or 0) or time.time_ns()
             with shared.lock:
-                if shared.stop.is_set() and self.stop_reason == "max-messages":
-                    return
+                if limit is not None and shared.accepted >= limit:
+                    return  # --max-messages reached: nothing more is wanted
                 if shared.write_error is not None or shared.queued_bytes > MAX_QUEUED_BYTES:
                     shared.dropped += 1
                     return
@@ -259,7 +278,16 @@ class Recorder:
         """Writer thread: write queued messages until the end-of-recording marker."""
         shared = self.shared
         while True:
-            item = shared.queue.get()
+            try:
+                item = shared.queue.get(timeout=0.25)
+            except queue.Empty:
+                try:
+                    self.bag.flush_if_due()  # the tail goes to the file even when nothing more comes
+                except BagWriteError as error:
+                    with shared.lock:
+                        shared.write_error = shared.write_error or error
+                    self._request_stop("write error")
+                continue
             if item is None:
                 return
             topic, received_ns, data = item
@@ -282,7 +310,27 @@ class Recorder:
     def _request_stop(self, reason: str) -> None:
         if not self.shared.stop.is_set():
             self.stop_reason = reason
+            self.shared.stop_ns = time.time_ns()
             self.shared.stop.set()
+
+    @staticmethod
+    def _take(subscription):
+        """(payload, message info) of the next message waiting in ``subscription``'s DDS queue,
+        or None. What the executor does for one callback, without a wait set round per message."""
+        with subscription.handle:
+            return subscription.handle.take_message(subscription.msg_type, subscription.raw)
+
+    def _take_ready(self) -> int:
+        """Take (up to TAKE_BATCH per topic) every message already waiting; returns how many."""
+        taken = 0
+        for subscription in list(self._subscriptions.values()):
+            for _ in range(TAKE_BATCH):
+                result = self._take(subscription)
+                if result is None:
+                    break
+                subscription.callback(*result)
+                taken += 1
+        return taken
 
     # -- topics -------------------------------------------------------------------------------
     def _say(self, text: str, error: bool = False) -> None:
@@ -337,6 +385,7 @@ class Recorder:
             self._request_stop("write error")
             return
         self.stats[topic] = TopicStats(msgtype, _qos_text(qos))
+        self._last_arrival[topic] = time.monotonic()  # what is in flight may still come
         self._subscriptions[topic] = self._node.create_subscription(
             message_class, topic, self._make_callback(topic), qos, raw=True)
         self._say(f"[record] recording {topic} [{msgtype}] ({_qos_text(qos)})")
@@ -387,7 +436,8 @@ class Recorder:
         if now >= self._next_progress:
             self._print_progress(now - self._started)
             self._next_progress = now + (0.5 if self._tty else 5.0)
-        self._executor.spin_once(timeout_sec=timeout_s)
+        self._executor.spin_once(timeout_sec=timeout_s)  # waits for (and handles) one message
+        self._take_ready()
 
     def close(self) -> int:
         """Take the messages that had already arrived, stop subscribing, write the queue, close
@@ -440,16 +490,29 @@ class Recorder:
         return previous
 
     def _drain(self) -> None:
-        """Run the callbacks of messages that arrived before the stop: they wait in the DDS
-        queues until taken, and destroying the subscriptions would discard them."""
+        """Take what the subscriptions received before the stop, and what was in flight then:
+        messages wait in the DDS queues until taken, and destroying the subscriptions would
+        discard them. A topic is drained when it delivers a message published after the stop
+        (everything its publisher sent before has arrived: reliable delivery is in order), or
+        when nothing arrived on it for DRAIN_QUIET_S since the stop and since its last message
+        (a whole burst can be dropped by the transport and resent at the next heartbeat, so
+        even a topic that was silent before the stop gets that long)."""
         if self.stop_reason in ("max-messages", "write error"):
             return  # nothing more is wanted (or can be written)
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        idle_rounds = 0
-        while idle_rounds < 3 and time.monotonic() < deadline:
-            before = self.shared.accepted + self.shared.dropped
-            self._executor.spin_once(timeout_sec=0)  # only what is ready now: no waiting for more
-            idle_rounds = idle_rounds + 1 if self.shared.accepted + self.shared.dropped == before else 0
+        stop_ns, started = self.shared.stop_ns, time.monotonic()
+        pending = dict(self._subscriptions)
+        while pending and self.shared.write_error is None and time.monotonic() - started < DRAIN_TIMEOUT_S:
+            for topic, subscription in list(pending.items()):
+                while (result := self._take(subscription)) is not None:
+                    subscription.callback(*result)
+                    if int(result[1].get("source_timestamp") or 0) > stop_ns:
+                        del pending[topic]
+                        break
+            now = time.monotonic()
+            for topic in [t for t in pending if now - max(self._last_arrival[t], started) >= DRAIN_QUIET_S]:
+                del pending[topic]
+            if pending:
+                time.sleep(0.005)
 
     def _print_progress(self, elapsed: float) -> None:
         counts = {topic: s.received for topic, s in self.stats.items()}
