@@ -586,6 +586,13 @@ def test_a_refused_parameter_is_logged_with_the_reason(system):
         assert not system.set(name, value).successful
         wait_for(lambda: any(f"parameter change refused: {fragment}" in m.msg for m in system.after(logs, 0.0)),
                  10.0, message=f"the refusal of {name} in /rosout")
+    from rcl_interfaces.srv import SetParametersAtomically
+
+    client = system.probe.create_client(SetParametersAtomically, f"/{system.name}/set_parameters_atomically")
+    request = SetParametersAtomically.Request(parameters=[Parameter("prune.decay", value=2.0).to_parameter_msg()])
+    assert not system.recorder._call(client, request).result.successful
+    wait_for(lambda: any("parameter change refused: Parameter prune.decay out of range" in m.msg
+                         for m in system.after(logs, 0.0)), 10.0, message="the atomic refusal in /rosout")
 
 
 def test_switching_method_live_warms_up_for_window_steps(healthy):

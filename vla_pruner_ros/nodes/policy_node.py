@@ -116,6 +116,12 @@ class AllOrNothingParameterService(ParameterService):
                             for _ in parameters]
         return response
 
+    def _set_parameters_atomically_callback(self, request, response):
+        response = super()._set_parameters_atomically_callback(request, response)
+        if not response.result.successful:
+            self._get_node().get_logger().warning(f"parameter change refused: {response.result.reason}")
+        return response
+
 
 class PolicyNode(Node):
     def __init__(self, policy=None, node_name: str = "vla_pruner_policy", **kwargs):
