@@ -131,7 +131,8 @@ def compressed_to_rgb(msg, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) ->
         raise ImageConversionError(
             f"compressed image ({msg.format!r}, {data.size} bytes) could not be decoded; expected JPEG or PNG data"
         )
-    if decoded.shape[:2] != (height, width):  # the decoder read another header than the one checked
+    if decoded.shape[:2] not in ((height, width), (width, height)):  # (EXIF orientation may transpose)
+        # the decoder read another header than the one checked
         raise ImageConversionError(f"compressed image decoded to {decoded.shape[1]}x{decoded.shape[0]} but its "
                                    f"header declares {width}x{height}")
     return np.ascontiguousarray(decoded[:, :, ::-1])
