@@ -50,6 +50,7 @@ def _stats(store, index: int):
     fields = {name: 0 for name in PrunerStats.__dataclass_fields__ if name != "__msgtype__"}
     fields.update(header=_image(store, index).header, step_index=index, method="vla_pruner", enabled=True,
                   keep_ratio=0.25, smoothing="window", warmup=index < 3, pool_ratio=1.5, flops=1e9 * index,
+                  action_source="temporal", shift_reason="", fallback="",
                   input_names=["fixed", "joint_states"], input_stamps=[_image(store, index).header.stamp] * 2)
     return PrunerStats(**fields)
 

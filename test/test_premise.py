@@ -84,7 +84,7 @@ def test_probe_measures_the_model_itself(tiny_policy):
     assert [math.isnan(s.keep_deviation["vla_pruner_set"]) for s in steps] == [True, False, True]
     assert steps[1].keep_deviation["vla_pruner_set"] > 0 and all(s.keep_deviation["divprune_set"] > 0 for s in steps)
     # issue 17: VLA-Pruner with the current step's K-1 action rows needs no history
-    assert all(s.keep_deviation["vla_pruner_current_set"] > 0 for s in steps)
+    assert all(s.keep_deviation["vla_current_set"] > 0 for s in steps)
 
     summary = summarize(steps, 0.25)
     assert summary["steps"] == 3 and summary["episodes"] == 2 and summary["scores"]["s_act_temporal"]["steps"] == 1

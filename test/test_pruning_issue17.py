@@ -271,3 +271,35 @@ def test_policy_runs_every_new_option(tiny_checkpoint):
         else:
             assert outs[-1].pruner["target_ms"] == 1e6
             assert outs[-1].pruner["predicted_ms"] > 0
+
+
+# ------------------------------------------------------------------ method variants on the command line
+def test_method_variants_parse_type_and_validate():
+    import argparse
+
+    from vla_pruner_ros.pruning.variants import split_method, variant_config
+    from vla_pruner_ros.tools._arguments import method_list
+
+    assert split_method("vla_pruner") == ("vla_pruner", {})
+    assert split_method("vla_pruner:action_source=fused:current_weight=0.25:window=2") == (
+        "vla_pruner", {"action_source": "fused", "current_weight": 0.25, "window": 2})
+    config = variant_config("vla_pruner:target_ms=40:min_keep_ratio=0.2", 0.5, window=4)
+    assert (config.target_ms, config.min_keep_ratio, config.keep_ratio, config.window) == (40.0, 0.2, 0.5, 4)
+    for bad in ("nope", "vla_pruner:keep_ratio=0.5", "vla_pruner:action_source=future", "vla_pruner:window",
+                "vla_pruner:window=two"):
+        with pytest.raises(ValueError):
+            split_method(bad)
+    assert method_list("none, vla_pruner:action_source=current") == ("none", "vla_pruner:action_source=current")
+    with pytest.raises(argparse.ArgumentTypeError, match="action_source"):
+        method_list("vla_pruner:action_source=future")
+
+
+def test_eval_and_replay_configs_take_variants():
+    from vla_pruner_ros.replay.runs import ReplayConfig, run_specs
+    from vla_pruner_ros.training.evaluate import EvalConfig
+
+    eval_config = EvalConfig(checkpoint="x", methods=("none", "vla_pruner:action_source=current"), keep_ratios=(0.25,))
+    assert eval_config.pruner("vla_pruner:action_source=current", 0.25).action_source == "current"
+    specs = run_specs(ReplayConfig(methods=("vla_pruner:shift_fallback=current",), keep_ratios=(0.25,)))
+    assert specs[-1].settings.pruner_config().shift_fallback == "current"
+    assert specs[-1].settings.pruner_config().method == "vla_pruner"

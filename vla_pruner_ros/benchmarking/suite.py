@@ -37,6 +37,7 @@ import torch
 from ..model.modeling_llama import SCORE_CAPTURE_EVENT
 from ..model.policy import Policy, load_policy
 from ..pruning import METHODS, PrunerConfig
+from ..pruning.variants import variant_config
 from .flops import count_flops, llama_decoder_flops, paper_llm_flops
 from .peak import measure_gemm_peak, model_gemm_shapes
 from .models import INSTRUCTION, make_observations, random_policy
@@ -77,7 +78,7 @@ class BenchSettings:
                 raise ValueError(f"BenchSettings.{name}={value!r}: expected an int >= {low}")
         if not self.methods:
             raise ValueError("BenchSettings.methods is empty: expected at least one of " + ", ".join(METHODS))
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m.split(":")[0] not in METHODS]  # variants: pruning/variants.py
         if unknown:
             raise ValueError(f"BenchSettings.methods: unknown {unknown}; expected names from {METHODS}")
         if len(set(self.methods)) != len(self.methods):
@@ -132,7 +133,7 @@ def make_configurations(base: Policy, settings: BenchSettings) -> list[Configura
         if method == VANILLA:
             continue
         for keep in settings.keep_ratios:
-            pruner_config = PrunerConfig(method=method, keep_ratio=float(keep))
+            pruner_config = variant_config(method, float(keep))
             configurations.append(Configuration(config_name(method, keep), method, float(keep),
                                                 base.fork(pruner_config), pruner_config))
     return configurations

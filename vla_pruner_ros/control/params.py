@@ -39,6 +39,14 @@ class NodeSettings:
     ema_alpha: float = 0.5
     fusion_weight: float = 0.5
     seed: int = 0
+    action_source: str = "temporal"  # issue 17: the PrunerConfig fields of the same names
+    current_weight: float = 0.5
+    shift_fallback: str = "off"
+    shift_image_threshold: float = 0.05
+    shift_overlap_threshold: float = 0.3
+    shift_widen: float = 2.0
+    target_ms: float = 0.0
+    min_keep_ratio: float = 0.1
     control_rate: float = 10.0
     actions_per_step: int = 4
     max_input_age: float = 0.5
@@ -59,6 +67,14 @@ class NodeSettings:
             ema_alpha=self.ema_alpha,
             fusion_weight=self.fusion_weight,
             seed=self.seed,
+            action_source=self.action_source,
+            current_weight=self.current_weight,
+            shift_fallback=self.shift_fallback,
+            shift_image_threshold=self.shift_image_threshold,
+            shift_overlap_threshold=self.shift_overlap_threshold,
+            shift_widen=self.shift_widen,
+            target_ms=self.target_ms,
+            min_keep_ratio=self.min_keep_ratio,
         )
 
     @property
@@ -89,6 +105,26 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("prune.fusion_weight", "fusion_weight", 0.5,
                   "Weight of prefill scores in the score_fusion ablation.", 0.0, 1.0),
     ParameterSpec("prune.seed", "seed", 0, "Seed of the random baseline.", 0, 2**31 - 1),
+    ParameterSpec("prune.action_source", "action_source", "temporal",
+                  "Action level of vla_pruner: temporal (past steps, the paper), current (this step's action rows "
+                  "at layer K-1, no warm-up) or fused.", choices=("temporal", "current", "fused")),
+    ParameterSpec("prune.current_weight", "current_weight", 0.5,
+                  "Weight of the current-step score in action_source fused.", 0.0, 1.0),
+    ParameterSpec("prune.shift_fallback", "shift_fallback", "off",
+                  "On a detected scene/task shift: off, current (that step uses the current-step score; a new "
+                  "instruction refills the history pruned) or widen (keep shift_widen x more tokens).",
+                  choices=("off", "current", "widen")),
+    ParameterSpec("prune.shift_image_threshold", "shift_image_threshold", 0.05,
+                  "Image change (1 - mean token cosine to the previous step) that counts as a shift; 0 = off.",
+                  0.0, 1.0),
+    ParameterSpec("prune.shift_overlap_threshold", "shift_overlap_threshold", 0.3,
+                  "Temporal/current top-k overlap below which a step counts as a shift; 0 = off.", 0.0, 1.0),
+    ParameterSpec("prune.shift_widen", "shift_widen", 2.0, "Budget factor of the widen fallback.", 1.0, 100.0),
+    ParameterSpec("prune.target_ms", "target_ms", 0.0,
+                  "Latency budget: > 0 picks the keep ratio each step to meet this policy-step time (keep_ratio "
+                  "is the ceiling); 0 = off.", 0.0, 1e6),
+    ParameterSpec("prune.min_keep_ratio", "min_keep_ratio", 0.1,
+                  "Lowest keep ratio the latency budget may choose.", 0.0, 1.0, exclusive_minimum=True),
     ParameterSpec("control_rate", "control_rate", 10.0,
                   "Rate (Hz) of the trajectory points sent to the arm, 1 to 100; the chunk's points are "
                   "1/control_rate apart.", 1.0, 100.0),

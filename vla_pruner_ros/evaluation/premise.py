@@ -54,7 +54,7 @@ GROUP_OF = {"s_vl": "vl", "fastv": "prefix", "fastv_last": "last", "fastv_all_ro
 SETS = {
     "vla_pruner_set": "VLA-Pruner's selection: Alg. 2 over S_vl and the temporal S_act (absent without history)",
     "divprune_set": "DivPrune's selection: Alg. 1 over all tokens",
-    "vla_pruner_current_set": "VLA-Pruner with action_source=current: Alg. 2 over S_vl and action_k1",
+    "vla_current_set": "VLA-Pruner with action_source=current: Alg. 2 over S_vl and action_k1",
 }
 
 
@@ -197,7 +197,7 @@ class PremiseProbe:
             record.keep_deviation[name] = float(torch.linalg.vector_norm(actions - reference))
         features = inputs_embeds[0, layout.visual].float()
         sets = {"divprune_set": min_redundancy_filter(features, torch.arange(num_visual), keep_budget),
-                "vla_pruner_current_set": dual_level_select(features, torch.as_tensor(scores["s_vl"]),
+                "vla_current_set": dual_level_select(features, torch.as_tensor(scores["s_vl"]),
                                                             torch.as_tensor(scores["action_k1"]), keep_budget)}
         if temporal is not None:
             sets["vla_pruner_set"] = dual_level_select(features, torch.as_tensor(scores["s_vl"]), temporal,

@@ -21,6 +21,7 @@ from ..control.params import NodeSettings
 from ..control.robot_config import RobotConfig
 from ..control.runner import PolicyRunner, view_grids
 from ..pruning import METHODS
+from ..pruning.variants import split_method
 from .attention import ANALYSIS_LAYERS, AttentionLayers, analysis_layers, unpruned_attention
 from .metrics import OVERLAP_FRACTIONS, action_deviation, fraction_label, overlap_series
 from .observations import ReplayTimeline, ReplayTopics, load_timeline
@@ -48,7 +49,7 @@ class ReplayConfig:
         methods = tuple(self.methods)
         if not methods:
             raise ValueError("methods: expected at least one pruning method")
-        unknown = [m for m in methods if m not in METHODS]
+        unknown = [m for m in methods if m.split(":")[0] not in METHODS]  # variants: pruning/variants.py
         if unknown:
             raise ValueError(f"methods: {', '.join(map(repr, unknown))} unknown; expected some of {', '.join(METHODS)}")
         if len(set(methods)) != len(methods):
@@ -91,7 +92,8 @@ def run_specs(config: ReplayConfig) -> list[RunSpec]:
         if method == REFERENCE:
             continue
         for ratio in config.keep_ratios:
-            settings = dataclasses.replace(base, prune_method=method, keep_ratio=ratio)
+            name, overrides = split_method(method)  # NodeSettings names the variant fields alike
+            settings = dataclasses.replace(base, prune_method=name, keep_ratio=ratio, **overrides)
             specs.append(RunSpec(f"{method}@{ratio:g}", method, ratio, settings))
     return specs
 
@@ -288,6 +290,10 @@ def _row(spec: RunSpec, step, timeline: ReplayTimeline, result, action_dim: int)
     # |C_dual| / |C_vl| (Fig. 11); only VLA-Pruner's pruned steps have both pools.
     row["pool_ratio"] = stats["pool_ratio"] if stats["pool_vl"] and stats["pool_act"] else float("nan")
     row["pool_overlap"] = stats["overlap_vl_act"] if stats["pool_vl"] and stats["pool_act"] else float("nan")
+    # issue 17: action source, shift fallback, latency budget of this step
+    for name in ("action_source", "shift", "shift_reason", "fallback", "image_change", "action_overlap",
+                 "target_ms", "predicted_ms", "chosen_keep_ratio"):
+        row[name] = stats[name]
     for kind in ("vl_act", "act_prev"):
         for fraction in OVERLAP_FRACTIONS:
             row[f"overlap_{kind}_{fraction_label(fraction)}"] = float("nan")  # the reference run fills these

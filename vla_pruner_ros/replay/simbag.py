@@ -135,6 +135,7 @@ def _stats_message(types, header, step_index: int, inputs: dict[str, int] | None
     inputs = inputs or {}
     fields.update(header=header, step_index=step_index, method="vla_pruner", enabled=True, keep_ratio=0.25,
                   prune_layer=3, smoothing="window", window=3, decay=0.8, warmup=step_index < 3,
+                  action_source="temporal", shift_reason="", fallback="",
                   input_names=list(inputs),
                   input_stamps=[Time(sec=stamp // NS, nanosec=stamp % NS) for stamp in inputs.values()])
     return PrunerStats(**fields)

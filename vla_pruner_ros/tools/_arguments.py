@@ -5,14 +5,20 @@ import argparse
 
 
 def method_list(text: str) -> tuple[str, ...]:
-    """'none, fastv,vla_pruner' -> ('none', 'fastv', 'vla_pruner'); unknown names are refused."""
+    """'none, fastv,vla_pruner' -> ('none', 'fastv', 'vla_pruner'); unknown names are refused.
+    A name may carry PrunerConfig fields, 'vla_pruner:action_source=current' (pruning/variants.py)."""
     from ..pruning import METHODS
+    from ..pruning.variants import split_method
 
     names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in METHODS]
-    if not names or unknown:
+    if not names:
         raise argparse.ArgumentTypeError(
             f"--methods {text!r}: expected comma-separated names from {', '.join(METHODS)}")
+    for name in names:
+        try:
+            split_method(name)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"--methods {text!r}: {error}") from None
     return names
 
 

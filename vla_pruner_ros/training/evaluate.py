@@ -44,6 +44,7 @@ from ..evaluation.report import DEFAULT_RADII, EpisodeOutcome, config_label, for
     write_paired_report
 from ..evaluation.stats import WILSON_Z, wilson_interval  # noqa: F401  (re-exported)
 from ..pruning import METHODS, PrunerConfig
+from ..pruning.variants import variant_config
 from ..sim import ScriptedExpert, SimEnv, run_expert_episode
 from ..sim.task import TASKS
 
@@ -72,7 +73,7 @@ class EvalConfig:
     def __post_init__(self):
         if not self.methods:
             raise ValueError("EvalConfig.methods: expected at least one method")
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m.split(":")[0] not in METHODS]  # variants: pruning/variants.py
         if unknown:
             raise ValueError(f"EvalConfig.methods: unknown {unknown}; expected names from {METHODS}")
         if len(set(self.methods)) != len(self.methods):
@@ -101,7 +102,7 @@ class EvalConfig:
     def pruner(self, method: str, keep_ratio: float) -> PrunerConfig | None:
         if method == "none":
             return None
-        return PrunerConfig(method=method, keep_ratio=keep_ratio, prune_layer=self.prune_layer, window=self.window)
+        return variant_config(method, keep_ratio, prune_layer=self.prune_layer, window=self.window)
 
 
 @dataclass
