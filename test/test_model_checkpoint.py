@@ -12,6 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from vla_pruner_ros.model import OFTConfig, load_policy, make_checkpoint, verify_against_preset
 from vla_pruner_ros.model import checkpoint as ckpt
+from vla_pruner_ros.model.checkpoint import verify as ckpt_verify
+from vla_pruner_ros.tools import checkpoint as ckpt_cli
 from vla_pruner_ros.model.configuration_oft import LlamaTextConfig
 from vla_pruner_ros.model.processing_oft import load_tokenizer, word_start_token_id
 
@@ -365,7 +367,7 @@ def test_oft7b_check_detects_a_wrong_name_or_shape(monkeypatch):
         table["safetensors"]["projector.fc1.weight"] = (8704, 2048)
         return table
 
-    monkeypatch.setattr(ckpt, "reference_oft7b_shapes", wrong_shape)
+    monkeypatch.setattr(ckpt_verify, "reference_oft7b_shapes", wrong_shape)
     with pytest.raises(ValueError, match=r"'projector\.fc1\.weight'.*\[8704, 2176\]"):
         verify_against_preset("oft-7b")
 
@@ -375,7 +377,7 @@ def test_oft7b_check_detects_a_wrong_name_or_shape(monkeypatch):
         table["safetensors"]["vision_backbone.featurizer.blocks.3.ls2.gamma"] = shape
         return table
 
-    monkeypatch.setattr(ckpt, "reference_oft7b_shapes", renamed)
+    monkeypatch.setattr(ckpt_verify, "reference_oft7b_shapes", renamed)
     with pytest.raises(ValueError, match="blocks.3.ls2"):
         verify_against_preset("oft-7b")
 
@@ -383,13 +385,13 @@ def test_oft7b_check_detects_a_wrong_name_or_shape(monkeypatch):
 # ----------------------------------------------------------------------------------------- CLI
 def test_cli_make_and_verify(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    ckpt.add_arguments(parser)
+    ckpt_cli.add_arguments(parser)
     out = tmp_path / "cli"
-    assert ckpt.run(parser.parse_args(["make", "--preset", "tiny", "--out", str(out), "--shards", "2"])) == 0
+    assert ckpt_cli.run(parser.parse_args(["make", "--preset", "tiny", "--out", str(out), "--shards", "2"])) == 0
     assert (out / "model.safetensors.index.json").is_file()
-    assert ckpt.run(parser.parse_args(["verify", "--path", str(out)])) == 0
+    assert ckpt_cli.run(parser.parse_args(["verify", "--path", str(out)])) == 0
     assert "OK" in capsys.readouterr().out
-    assert ckpt.run(parser.parse_args(["verify", "--preset", "oft-7b"])) == 0
+    assert ckpt_cli.run(parser.parse_args(["verify", "--preset", "oft-7b"])) == 0
     assert "7541237184" in capsys.readouterr().out
 
 
@@ -403,3 +405,129 @@ def test_cli_make_takes_the_libero_shapes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "action_dim 7, proprio_dim 8" in printed and "libero_spatial_no_noops" in printed
     assert json.loads((out / "vla_pruner_oft.json").read_text())["center_crop"] is True
+
+
+# ------------------------------------------------------------- issue 14: statistics, crop, errors
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_statistics_are_refused_not_taken_from_config_json(tiny_checkpoint, tmp_path):
+    """config.json's norm_stats of a real OFT checkpoint are the base model's: never a silent
+    fallback. Only an explicit statistics_source='config.json' uses them, and says so."""
+    path = _copy(tiny_checkpoint, tmp_path / "ckpt")
+    (path / "dataset_statistics.json").unlink()
+    assert ckpt.inspect_checkpoint.__module__.endswith("loader")
+    with pytest.raises(ValueError, match=r"dataset_statistics\.json: missing.*norm_stats are not used"):
+        ckpt.inspect_checkpoint(path)
+    with pytest.raises(ValueError, match="dataset_statistics.json: missing"):
+        load_policy(path, device="cpu")
+    info = ckpt.inspect_checkpoint(path, statistics_source="config.json")
+    assert info.statistics_file == path / "config.json" and "xarm6_sim" in info.statistics
+    (path / "dataset_statistics.json").write_bytes(b"\xff\xfe not text")
+    with pytest.raises(ValueError, match=r"dataset_statistics\.json: not a text file"):
+        ckpt.inspect_checkpoint(path)
+    (path / "dataset_statistics.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"dataset_statistics\.json: expected an object .*got a JSON list"):
+        ckpt.inspect_checkpoint(path)
+
+
+def test_statistics_file_is_named_at_start_up(tiny_checkpoint):
+    policy = load_policy(tiny_checkpoint, device="cpu")
+    assert policy.info.statistics_file == tiny_checkpoint / "dataset_statistics.json"
+    summary = policy.preprocessing_summary()
+    assert "statistics from dataset_statistics.json" in summary and "unnorm key 'xarm6_sim'" in summary
+
+
+def test_oft_layout_without_sidecar_defaults_to_upstream_center_crop(tiny_checkpoint, tmp_path):
+    """A downloaded OFT checkpoint has no vla_pruner_oft.json: the crop is on, as in OFT's LIBERO
+    eval and deploy, and the start-up line says so. With a sidecar, its choice stands."""
+    path = _copy(tiny_checkpoint, tmp_path / "downloaded")
+    (path / "vla_pruner_oft.json").unlink()
+    policy = load_policy(path, device="cpu")
+    assert policy.image_processor.center_crop is True
+    summary = policy.preprocessing_summary()
+    assert summary.startswith("center crop on, views fixed, wrist at 224 px") and "chunk 8" in summary
+    rng = np.random.default_rng(0)
+    images = {view: rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for view in ("fixed", "wrist")}
+    proprio = np.zeros(7)
+    default = policy.predict(images, proprio, "pick up the cube").actions
+    cropped = load_policy(path, device="cpu", center_crop=True).predict(images, proprio, "pick up the cube").actions
+    plain = load_policy(path, device="cpu", center_crop=False).predict(images, proprio, "pick up the cube").actions
+    np.testing.assert_array_equal(default, cropped)
+    assert not np.array_equal(default, plain)
+    # the sidecar written by make_checkpoint says "off" for the tiny preset: that choice stands
+    assert load_policy(tiny_checkpoint, device="cpu").image_processor.center_crop is False
+
+
+def _broken_checkpoints(src, root):
+    """(name, directory) of checkpoints broken in the ways a download or an edit breaks them."""
+    import os
+
+    def stats_edit(fn):
+        def edit(d):
+            stats = json.loads((d / "dataset_statistics.json").read_text())
+            for entry in stats.values():
+                fn(entry)
+            (d / "dataset_statistics.json").write_text(json.dumps(stats))  # json writes NaN as NaN
+        return edit
+
+    cases = {
+        "config not JSON": lambda d: (d / "config.json").write_text("{not json"),
+        "config a list": lambda d: (d / "config.json").write_text("[1, 2]"),
+        "config empty": lambda d: (d / "config.json").write_text("{}"),
+        "safetensors random": lambda d: (d / "model.safetensors").write_bytes(os.urandom(4000)),
+        "safetensors truncated": lambda d: (d / "model.safetensors").write_bytes(
+            (d / "model.safetensors").read_bytes()[:-100]),
+        "head random": lambda d: (d / "action_head--5000_checkpoint.pt").write_bytes(os.urandom(4000)),
+        "head missing": lambda d: (d / "action_head--5000_checkpoint.pt").unlink(),
+        "statistics NaN": stats_edit(lambda e: e["action"].update(q99=[float("nan")] * 7)),
+        "statistics short": stats_edit(lambda e: e["action"].update(q01=[0.0])),
+        "statistics no action": stats_edit(lambda e: e.pop("action")),
+        "statistics not UTF-8": lambda d: (d / "dataset_statistics.json").write_bytes(b"\xff\xfe\x00x"),
+        "statistics missing": lambda d: (d / "dataset_statistics.json").unlink(),
+        "preprocessor not JSON": lambda d: (d / "preprocessor_config.json").write_text("{{"),
+        "sidecar a list": lambda d: (d / "vla_pruner_oft.json").write_text("[]"),
+        "index not JSON": lambda d: (d / "model.safetensors.index.json").write_text("{"),
+    }
+    for name, edit in cases.items():
+        d = _copy(src, root / name.replace(" ", "_"))
+        edit(d)
+        yield name, d
+
+
+def test_checkpoint_verify_gives_one_line_errors(tiny_checkpoint, tmp_path, capsys):
+    """`vla-pruner checkpoint verify` on broken checkpoints: exit 1, one line naming the file, no
+    traceback -- and never OK for statistics that would un-normalise to NaN or the wrong shape."""
+    from vla_pruner_ros.tools.cli import main
+
+    names = {"statistics NaN": "not finite", "statistics short": "has 1 values",
+             "statistics no action": "no 'action' entry", "statistics missing": "dataset_statistics.json: missing",
+             "safetensors truncated": "truncated", "head random": "action_head--5000_checkpoint.pt",
+             "sidecar a list": "vla_pruner_oft.json", "preprocessor not JSON": "preprocessor_config.json",
+             "statistics not UTF-8": "dataset_statistics.json: not a text file", "config not JSON": "config.json"}
+    for name, path in _broken_checkpoints(tiny_checkpoint, tmp_path):
+        if name == "index not JSON":
+            (path / "model.safetensors").rename(path / "model-00001-of-00001.safetensors")
+        code = main(["checkpoint", "verify", "--path", str(path)])
+        captured = capsys.readouterr()
+        assert code == 1, (name, captured.out)
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("vla-pruner checkpoint verify: error: "), (name, captured.err)
+        assert "Traceback" not in captured.err and "OK" not in captured.out, name
+        assert names.get(name, str(path)) in lines[0], (name, lines[0])
+
+
+def test_tokenizer_of_random_bytes_names_the_file(tiny_checkpoint, tmp_path):
+    import os
+
+    path = _copy(tiny_checkpoint, tmp_path / "ckpt")
+    (path / "tokenizer.json").write_bytes(os.urandom(3000))
+    with pytest.raises(ValueError, match=r"tokenizer\.json: not a tokenizer file"):
+        load_policy(path, device="cpu")
+    (path / "tokenizer.json").write_text('{"version": "1.0", "model": 5}')  # JSON, not a tokenizer
+    with pytest.raises(ValueError, match=r"the tokenizer files \['tokenizer.json'\] cannot be loaded"):
+        load_policy(path, device="cpu")

@@ -139,6 +139,13 @@ class Policy:
     def num_layers(self) -> int:
         return self.model.decoder.num_layers
 
+    def preprocessing_summary(self) -> str:
+        """One line for start-up logs: what this policy does to its inputs and outputs."""
+        stats = self.info.statistics_file.name if getattr(self.info, "statistics_file", None) else "?"
+        return (f"center crop {'on' if self.image_processor.center_crop else 'off'}, views "
+                f"{', '.join(self.view_names)} at {self.config.image_size} px, unnorm key {self.unnorm_key!r} "
+                f"(statistics from {stats}, {self.normalization_type}), chunk {self.chunk_length}")
+
     # -- pruner ------------------------------------------------------------------------------
     @property
     def pruner(self):
@@ -348,7 +355,7 @@ def load_policy(path: str | os.PathLike, device: str | torch.device | None = Non
     CPU (see ``precision.resolve_dtype``). ``announce``: print the dtype and why to stderr.
     chunk_length / num_images / unnorm_key / center_crop / normalization_type: not in real
     config.json files; default to the checkpoint's ``vla_pruner_oft.json`` when present, else chunk 8,
-    2 views, the only statistics key (several keys: unnorm_key is required), no center crop,
+    2 views, the only statistics key (several keys: unnorm_key is required), center crop on (upstream's),
     "bounds_q99". view_names: names of the image views, default ("fixed", "wrist")[:num_images].
     """
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -365,7 +372,7 @@ def load_policy(path: str | os.PathLike, device: str | torch.device | None = Non
     if len(view_names) != info.num_images or len(set(view_names)) != len(view_names):
         raise ValueError(f"view_names={view_names}: expected {info.num_images} distinct names (num_images)")
     if center_crop is None:
-        center_crop = bool(info.sidecar.get("center_crop", False))
+        center_crop = info.center_crop  # the sidecar's, else upstream's default (on)
     normalization_type = normalization_type or info.sidecar.get("normalization_type", "bounds_q99")
     if normalization_type not in NORMALIZATION_TYPES:
         raise ValueError(f"normalization_type={normalization_type!r}: expected one of {NORMALIZATION_TYPES}")

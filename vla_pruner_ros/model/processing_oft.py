@@ -23,6 +23,7 @@ statistics' ``mask`` leaves masked-out dimensions (e.g. the gripper) untouched.
 from __future__ import annotations
 
 import io
+import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -36,8 +37,12 @@ from .configuration_oft import OFTConfig
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 NORMALIZATION_TYPES = ("bounds_q99", "bounds")
 CENTER_CROP_AREA = 0.9
+# A checkpoint that does not say (no vla_pruner_oft.json, as downloaded OFT checkpoints) gets
+# upstream's choice: OFT's LIBERO eval and deploy crop by default (trained with crop augmentation).
+DEFAULT_CENTER_CROP = True
 JPEG_QUALITY = 95
 DEFAULT_MAX_INSTRUCTION_TOKENS = 128
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 
 
 # ------------------------------------------------------------------------------------ tokenizer
@@ -50,7 +55,20 @@ def load_tokenizer(path: str | os.PathLike):
     has_files = any(os.path.isfile(os.path.join(path, name)) for name in ("tokenizer.json", "tokenizer.model"))
     if not has_files:
         raise ValueError(f"{path}: no tokenizer.json or tokenizer.model in the checkpoint directory")
-    tokenizer = LlamaTokenizerFast.from_pretrained(os.fspath(path), local_files_only=True)
+    for name in TOKENIZER_JSON_FILES:  # name the broken file, not just "utf-8 codec can't decode"
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            try:
+                with open(file, encoding="utf-8") as handle:
+                    json.load(handle)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{file}: not a tokenizer file (not valid UTF-8 JSON: {exc})") from None
+    try:
+        tokenizer = LlamaTokenizerFast.from_pretrained(os.fspath(path), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - sentencepiece/tokenizers raise many types; name the files
+        files = [n for n in ("tokenizer.json", "tokenizer.model") if os.path.isfile(os.path.join(path, n))]
+        raise ValueError(f"{path}: the tokenizer files {files} cannot be loaded "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     for name in ("bos_token_id", "eos_token_id"):
         if getattr(tokenizer, name) is None:
             raise ValueError(f"{path}: the tokenizer has no {name.removesuffix('_id')}")

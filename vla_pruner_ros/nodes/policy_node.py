@@ -252,6 +252,7 @@ class PolicyNode(Node):
         )
         self.get_logger().info(f"policy loaded in {time.perf_counter() - started:.1f} s; runs in "
                                f"{policy.dtype_choice.describe()} on {policy.device}")
+        self.get_logger().info(f"preprocessing: {policy.preprocessing_summary()}")
         return policy
 
     # --- parameters ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vla_pruner_ros.tools.demo", "run the hardware-free demo: simulated xArm6 + cameras + policy node"),
-    "checkpoint": ("vla_pruner_ros.model.checkpoint", "write (make) or check (verify) OFT-format checkpoints"),
+    "checkpoint": ("vla_pruner_ros.tools.checkpoint", "write (make) or check (verify) OFT-format checkpoints"),
     "bench": ("vla_pruner_ros.tools.bench", "benchmark ms per action chunk and FLOPs per pruning method"),
     "bench-select": ("vla_pruner_ros.tools.bench_select", "benchmark token selection alone against a dense matmul"),
     "record": ("vla_pruner_ros.tools.record", "record ROS topics into a rosbag2 directory (sqlite3 or mcap)"),
