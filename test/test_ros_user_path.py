@@ -88,12 +88,22 @@ def test_pytest_starts_where_launch_testing_is_installed(tmp_path):
     assert "1 passed" in result.stdout
 
 
+def _installed_executable(node: str) -> str:
+    """The Python text of lib/vla_pruner_ros/<node> as CMakeLists.txt writes it."""
+    import re
+
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    text = re.search(r'file\(WRITE "\$\{wrapper\}"\s+"(.*?)"\)', cmake, re.S).group(1)
+    text = text.replace("\\n", "\n").replace('\\"', '"').replace("${node}", node)
+    assert text.startswith("#!/usr/bin/env python3\nimport os, signal, sys\n"), text
+    return text
+
+
 def _start_policy_node(command_style: str, checkpoint, **env):
     if command_style == "module":  # how the demo starts nodes
         command = [sys.executable, "-m", "vla_pruner_ros.nodes.policy_node"]
-    else:  # lib/vla_pruner_ros/policy_node, the executable ros2 launch/ros2 run start (CMakeLists.txt)
-        command = [sys.executable, "-c",
-                   "import sys\nfrom vla_pruner_ros.nodes._startup import run_node\nsys.exit(run_node('policy_node'))\n"]
+    else:  # lib/vla_pruner_ros/policy_node, the executable ros2 launch/ros2 run start: CMakeLists.txt's text
+        command = [sys.executable, "-c", _installed_executable("policy_node")]
     command += ["--ros-args", "-p", f"checkpoint:={checkpoint}"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env=dict(os.environ, **env))

@@ -46,13 +46,14 @@ def exit_with_parent() -> None:
         _stop_while_starting(signal.SIGINT, None)
 
 
-def begin() -> None:
-    """Install the start-up signal handling (once per process)."""
+def begin(previous: dict | None = None) -> None:
+    """Install the start-up signal handling (once per process). ``previous``: the handlers from
+    before an earlier stand-in (the installed executables set one on their first line)."""
     if _saved:
         return
     for signum in _SIGNALS:
-        _saved[signum] = signal.getsignal(signum)
-        signal.signal(signum, _stop_while_starting)
+        current = signal.signal(signum, _stop_while_starting)
+        _saved[signum] = (previous or {}).get(signum, current)
     if os.environ.get(EXIT_WITH_PARENT_ENV) == "1":
         exit_with_parent()
 
@@ -74,8 +75,8 @@ def handing_over():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
 
-def run_node(executable: str) -> int:
+def run_node(executable: str, previous: dict | None = None) -> int:
     """Entry point of the installed node executables: signal handling first, then the imports."""
-    begin()
+    begin(previous)
     module = importlib.import_module(f"vla_pruner_ros.nodes.{executable}")
     return module.main()
