@@ -74,12 +74,18 @@ def test_pytest_starts_where_launch_testing_is_installed(tmp_path):
     """A ROS 2 install's launch_testing registers a pytest plugin with a hook signature pytest 9
     refuses (`pytest_pycollect_makemodule(path, parent)`): installed as a stand-in with the same
     hook and entry-point name, pytest must still collect and run the suite as `colcon test` does."""
+    # launch_testing's plugin, and launch_testing_ros' ("launch_ros"), which implements a hook that
+    # only launch_testing's plugin declares.
     (tmp_path / "stand_in_launch_testing.py").write_text(
         "def pytest_pycollect_makemodule(path, parent):\n    return None\n")
-    dist = tmp_path / "launch_testing-3.8.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: launch_testing\nVersion: 3.8.0\n")
-    (dist / "entry_points.txt").write_text("[pytest11]\nlaunch_testing = stand_in_launch_testing\n")
+    (tmp_path / "stand_in_launch_testing_ros.py").write_text(
+        "def pytest_launch_collect_makemodule(path, parent, entrypoint):\n    return None\n")
+    for name, module, entry in [("launch_testing", "stand_in_launch_testing", "launch_testing"),
+                                ("launch_testing_ros", "stand_in_launch_testing_ros", "launch_ros")]:
+        dist = tmp_path / f"{name}-3.8.0.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 3.8.0\n")
+        (dist / "entry_points.txt").write_text(f"[pytest11]\n{entry} = {module}\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                              "test/test_launch_logic.py", "-k", "bad_launch_arguments"],
