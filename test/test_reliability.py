@@ -482,10 +482,12 @@ def test_control_rate_changes_always_recover_and_absurd_rates_are_refused(health
     for value in (0.05, 1e-12, 5e-324):
         result = healthy.set("control_rate", value)
         assert not result.successful and "control_rate out of range Min: 1.0, Max: 100.0" in result.reason
-    assert healthy.set("actions_per_step", 64).successful
-    assert healthy.set("control_rate", 1.0).successful  # the slowest: a step every 64 s
-    time.sleep(1.5)
-    assert healthy.set("control_rate", 10.0).successful and healthy.set("actions_per_step", 2).successful
+    try:
+        assert healthy.set("actions_per_step", 64).successful
+        assert healthy.set("control_rate", 1.0).successful  # the slowest: a step every 64 s
+        time.sleep(1.5)
+    finally:
+        assert healthy.set("control_rate", 10.0).successful and healthy.set("actions_per_step", 2).successful
     healthy.wait_commands(time.monotonic(), timeout=10.0)
 
 
