@@ -19,10 +19,14 @@ share).  Both are exponentially weighted averages (`alpha`), so the model follow
 within a few steps.  Because the two parts are measured separately, one operating point identifies
 the model: no ratio sweep (no excitation) is needed.
 
+Noise: the model's recent mean absolute prediction error (`spread_ms`, an EWMA) is kept as
+headroom, so the controller aims at `limit = target - noise_margin * spread_ms`; on a steady machine
+the spread goes to 0 and the limit is the target itself.
+
 Hysteresis (no oscillation): the count goes *down* as soon as the prediction at the current count
-misses the target (to the largest count predicted within it); it goes *up* (to the largest count
-predicted within the target) only when the current count is predicted below
-`target * (1 - hysteresis)` for `patience` consecutive steps.  A prediction between those two bounds
+misses the limit (to the largest count predicted within it); it goes *up* (to the largest count
+predicted within the limit) only when the current count is predicted below
+`limit - target * hysteresis` for `patience` consecutive steps.  A prediction between those two bounds
 keeps the count unchanged, so measurement noise smaller than the band moves it one way only.  Pure logic: no model, no ROS.
 """
 from __future__ import annotations
@@ -40,12 +44,14 @@ class LatencyBudget:
     alpha: float = 0.3  # EWMA weight of the newest measurement
     hysteresis: float = 0.08  # go up only when the current count is predicted this far below the target
     patience: int = 2  # consecutive steps that must allow going up
+    noise_margin: float = 1.0  # aim this many mean absolute prediction errors below the target
     units: Optional[Callable[[int], float]] = None  # kept tokens -> cost units (default: kept tokens)
 
     fixed_ms: Optional[float] = field(default=None, init=False)
     rate: Optional[float] = field(default=None, init=False)  # ms per cost unit
     kept: Optional[int] = field(default=None, init=False)  # the count chosen last
     predicted_ms: float = field(default=float("nan"), init=False)  # prediction for the count chosen last
+    spread_ms: float = field(default=0.0, init=False)  # EWMA of |measured - predicted| step time
     _up_votes: int = field(default=0, init=False)
 
     def __post_init__(self):
@@ -77,6 +83,9 @@ class LatencyBudget:
         if not (math.isfinite(total_ms) and math.isfinite(variable_ms)) or total_ms <= 0:
             return
         variable_ms = min(max(variable_ms, 0.0), total_ms)
+        if self.fitted:  # how far off the model is: the controller keeps that much headroom
+            error = abs(total_ms - self.predict(kept))
+            self.spread_ms = (1 - self.alpha) * self.spread_ms + self.alpha * error
         units = self._units(kept)
         fixed = total_ms - variable_ms
         rate = variable_ms / units if units > 0 else None
@@ -112,12 +121,13 @@ class LatencyBudget:
             self.predicted_ms = float("nan")
             return self.kept
         current = high if self.kept is None else min(max(self.kept, low), high)
-        if self.predict(current) > self.target_ms:  # missing the target: go down now
-            current = self._largest_within(self.target_ms, low, current)
+        limit = self.target_ms - self.noise_margin * self.spread_ms
+        if self.predict(current) > limit:  # missing the target: go down now
+            current = self._largest_within(limit, low, current)
             self._up_votes = 0
         else:
-            up = self._largest_within(self.target_ms, low, high)
-            if up > current and self.predict(current) < self.target_ms * (1 - self.hysteresis):
+            up = self._largest_within(limit, low, high)
+            if up > current and self.predict(current) < limit - self.target_ms * self.hysteresis:
                 self._up_votes += 1
                 if self._up_votes >= self.patience:
                     current, self._up_votes = up, 0
