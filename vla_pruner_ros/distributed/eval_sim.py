@@ -204,3 +204,16 @@ def _model_shape(config, results) -> tuple[int, int]:
 
     info = inspect_checkpoint(config.checkpoint)
     return int(info.config.patches_per_view * info.num_images), int(info.config.text_config.num_hidden_layers)
+
+
+def evaluate_command(config, args, log_path) -> dict:
+    """What ``vla-pruner eval-sim`` runs: the serial loop (``training.evaluate.evaluate``) without
+    --ray, the units on Ray with it; both resume from the same episode log."""
+    from ..training.evaluate import evaluate
+
+    if getattr(args, "ray", None) is None:
+        return evaluate(config, log_path=log_path)
+    from .cli import backend_from_args
+
+    backend = backend_from_args(args, threads=config.threads)
+    return evaluate_sweep(config, backend=backend, sink=sink_for(config, Path(log_path).parent))

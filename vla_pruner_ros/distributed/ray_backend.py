@@ -9,7 +9,8 @@ again) and ``run_units`` retries that unit.
 
 Where Ray runs (``address``):
 * ``"auto"``: the cluster this machine belongs to (``ray start``, or RAY_ADDRESS) when there is one,
-  else a private local cluster, like ``"local"``;
+  else a private local cluster, like ``"local"`` (not when RAY_ADDRESS names a cluster that cannot
+  be reached: that is an error);
 * ``"local"``: always a private cluster on this machine with ``workers x cpus_per_worker`` CPUs (all
   the machine's CPUs when ``workers`` is not given), shut down at the end;
 * anything else: the address of a running cluster (``HOST:6379`` on a cluster node, ``ray://HOST:10001``
@@ -105,7 +106,9 @@ class RayBackend:
                     self._connected = True
                     return
                 except ConnectionError:
-                    pass  # no cluster on this machine: start a private one
+                    if os.environ.get("RAY_ADDRESS"):
+                        raise  # a cluster was named and cannot be reached: say so, do not start another
+                    # no cluster on this machine: start a private one
             cpus = (self.workers * max(self.cpus_per_worker, 1.0)) if self.workers else (os.cpu_count() or 1)
             gpus = self.workers * self.gpus_per_worker if self.workers and self.gpus_per_worker else None
             ray.init(address="local", num_cpus=int(round(cpus)), num_gpus=None if gpus is None else int(-(-gpus // 1)),

@@ -205,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = run_units(work, units, backend=backend, sink=sink, on_failure=failed,
                            on_result=(lambda key, result: progress.finish(key)) if progress is not None else None)
+    except ConnectionError as error:  # --ray ADDRESS (or RAY_ADDRESS) that cannot be reached
+        return _error(f"--ray {args.ray}: {error}", 1)
     except (ValueError, WorkerSetupError) as error:  # e.g. --layer beyond the model
         return _error(str(error), 1)
     except (OSError, RuntimeError, KeyError) as error:  # a worker could not load the checkpoint
