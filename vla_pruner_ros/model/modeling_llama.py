@@ -21,19 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
-from transformers.models.llama.modeling_llama import (
-    LlamaAttention,
-    LlamaDecoderLayer,
-    LlamaMLP,
-    LlamaRMSNorm,
-    LlamaRotaryEmbedding,
-    apply_rotary_pos_emb,
-    eager_attention_forward,
-)
+from transformers.modeling_utils import AttentionInterface
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from ..pruning.scores import QUERY_GROUPS, SequenceLayout, visual_attention_scores
 from .configuration_oft import LlamaTextConfig
@@ -342,107 +333,3 @@ class OFTLanguageModel(nn.Module):
     def __init__(self, text_config: LlamaTextConfig) -> None:
         super().__init__()
         self.model = LlamaBackbone(text_config)
-
-
-# ------------------------------------------------------------------ fused projections (inference)
-class FusedLlamaAttention(LlamaAttention):
-    """``LlamaAttention`` with q, k and v computed by one GEMM (``fuse_projections_``).
-
-    The checkpoint's parameters stay where they were (``q_proj.weight`` ...): they become views into
-    one (q + k + v, hidden) matrix, so the state dict and its names are unchanged and no weight is
-    stored twice. The rest is transformers' forward: the same rotary embedding and the same
-    attention function (with the side-score capture) on the same q/k/v. One wider GEMM instead of
-    three narrow ones runs closer to the machine's matmul peak (fewer passes over the activations,
-    larger N per kernel call). With autograd recording (training), the unfused forward runs, so
-    gradients reach the three parameters as before.
-    """
-
-    qkv_weight: torch.Tensor
-    qkv_bias: torch.Tensor | None
-    qkv_sizes: tuple[int, int, int]
-
-    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
-        if cache is not None or (torch.is_grad_enabled() and self.q_proj.weight.requires_grad) \
-                or not _views_intact(self, ("q_proj", "k_proj", "v_proj"), "qkv_weight"):
-            return super().forward(hidden_states, position_embeddings=position_embeddings,
-                                   attention_mask=attention_mask, cache=cache, **kwargs)
-        input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.head_dim)
-        query, key, value = F.linear(hidden_states, self.qkv_weight, self.qkv_bias).split(self.qkv_sizes, dim=-1)
-        query_states = query.view(hidden_shape).transpose(1, 2)
-        key_states = key.view(hidden_shape).transpose(1, 2)
-        value_states = value.view(hidden_shape).transpose(1, 2)
-        cos, sin = position_embeddings
-        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
-        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
-                                                                    eager_attention_forward)
-        attn_output, attn_weights = attention_interface(
-            self, query_states, key_states, value_states, attention_mask, dropout=0.0, scaling=self.scaling,
-            **kwargs)
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-        return self.o_proj(attn_output), attn_weights
-
-
-class FusedLlamaMLP(LlamaMLP):
-    """``LlamaMLP`` with gate and up computed by one GEMM (views, as ``FusedLlamaAttention``)."""
-
-    gate_up_weight: torch.Tensor
-    gate_up_bias: torch.Tensor | None
-
-    def forward(self, x):
-        if (torch.is_grad_enabled() and self.gate_proj.weight.requires_grad) \
-                or not _views_intact(self, ("gate_proj", "up_proj"), "gate_up_weight"):
-            return super().forward(x)
-        gate, up = F.linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)
-        return self.down_proj(self.act_fn(gate) * up)
-
-
-def _views_intact(module: nn.Module, names: tuple[str, ...], fused: str) -> bool:
-    """The projections' weights still live inside the fused matrix (``.to()``/``.cuda()`` or
-    assigning a new Parameter would have replaced them): if not, the module runs unfused."""
-    weight = getattr(module, fused)
-    start, end = weight.data_ptr(), weight.data_ptr() + weight.numel() * weight.element_size()
-    for name in names:
-        own = getattr(module, name).weight
-        if own.dtype != weight.dtype or own.device != weight.device or not start <= own.data_ptr() < end:
-            return False
-    return True
-
-
-def _fuse_linears(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One (sum of out_features, in_features) matrix; each linear's weight (and bias) becomes a view."""
-    with torch.no_grad():
-        weight = torch.cat([linear.weight for linear in linears])
-        has_bias = [linear.bias is not None for linear in linears]
-        if any(has_bias) and not all(has_bias):
-            raise ValueError("cannot fuse linears where only some have a bias")
-        bias = torch.cat([linear.bias for linear in linears]) if all(has_bias) else None
-    offset = 0
-    for linear in linears:
-        rows = linear.out_features
-        requires_grad = linear.weight.requires_grad
-        linear.weight = nn.Parameter(weight[offset:offset + rows], requires_grad=requires_grad)
-        if bias is not None:
-            linear.bias = nn.Parameter(bias[offset:offset + rows], requires_grad=requires_grad)
-        offset += rows
-    return weight, bias
-
-
-def fuse_projections_(backbone: LlamaBackbone) -> LlamaBackbone:
-    """Fuse every layer's q/k/v and gate/up projections (in place, idempotent); the state dict
-    keeps its names and values. Call it after the weights are loaded and on their final device and
-    dtype (a later ``.to()`` makes the layers fall back to the unfused forward, still correct, until
-    this is called again)."""
-    for layer in backbone.layers:
-        attention, mlp = layer.self_attn, layer.mlp
-        if type(attention) is LlamaAttention or (type(attention) is FusedLlamaAttention and not _views_intact(
-                attention, ("q_proj", "k_proj", "v_proj"), "qkv_weight")):
-            projections = [attention.q_proj, attention.k_proj, attention.v_proj]
-            attention.qkv_sizes = tuple(p.out_features for p in projections)
-            attention.qkv_weight, attention.qkv_bias = _fuse_linears(projections)
-            attention.__class__ = FusedLlamaAttention
-        if type(mlp) is LlamaMLP or (type(mlp) is FusedLlamaMLP and not _views_intact(
-                mlp, ("gate_proj", "up_proj"), "gate_up_weight")):
-            mlp.gate_up_weight, mlp.gate_up_bias = _fuse_linears([mlp.gate_proj, mlp.up_proj])
-            mlp.__class__ = FusedLlamaMLP
-    return backbone

@@ -26,7 +26,7 @@ import torch
 from ..pruning import PrunerConfig, make_pruner
 from ..pruning.budget import suffix_units
 from .checkpoint import load_checkpoint, validate_unnorm_key
-from .modeling_llama import PruneRequest, fuse_projections_
+from .modeling_llama import PruneRequest
 from .precision import DtypeChoice, resolve_dtype
 from .processing_oft import (
     DEFAULT_MAX_INSTRUCTION_TOKENS,
@@ -98,8 +98,6 @@ class Policy:
         self.config = info.config
         self.device, self.dtype = device, dtype
         self.dtype_choice = DtypeChoice(dtype, dtype_reason)  # what it runs in, and why (printed at load)
-        # q/k/v and gate/up as one GEMM each (views: the state dict is unchanged; same numbers)
-        fuse_projections_(model.decoder)
         self.view_names = view_names
         self.unnorm_key = unnorm_key
         self.normalization_type = normalization_type
