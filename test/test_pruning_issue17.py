@@ -305,3 +305,33 @@ def test_eval_and_replay_configs_take_variants():
     specs = run_specs(ReplayConfig(methods=("vla_pruner:shift_fallback=current",), keep_ratios=(0.25,)))
     assert specs[-1].settings.pruner_config().shift_fallback == "current"
     assert specs[-1].settings.pruner_config().method == "vla_pruner"
+
+
+def test_runner_stats_fill_every_new_pruner_stats_field(tiny_checkpoint):
+    """The node publishes stats_fields() onto PrunerStats: the new fields exist in the message and
+    carry the shift fallback of an instruction change."""
+    from vla_pruner_ros.control.params import NodeSettings
+    from vla_pruner_ros.control.robot_config import load_robot_config
+    from vla_pruner_ros.control.runner import Observation, PolicyRunner
+    from vla_pruner_ros.model import load_policy
+
+    msg_module = pytest.importorskip("vla_pruner_ros.msg", reason="needs the colcon-built messages")
+    robot = load_robot_config()
+    policy = load_policy(tiny_checkpoint, announce=False)
+    runner = PolicyRunner(policy, robot)
+    rng = np.random.default_rng(0)
+    size = policy.config.image_size
+    images = {v: rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for v in policy.view_names}
+    settings = NodeSettings(keep_ratio=0.5, prune_layer=1, window=1, shift_fallback="current", target_ms=1e5)
+    results = []
+    for instruction in ("pick up the cube", "pick up the cube", "put it down"):
+        observation = Observation(images, np.zeros(len(robot.joints)), 0.0, instruction, 0.0)
+        results.append(runner.step(observation, NodeSettings(**{**settings.__dict__, "instruction": instruction})))
+    fields = results[-1].stats_fields()
+    message = msg_module.PrunerStats()
+    for key, value in fields.items():
+        setattr(message, key, value)
+    assert message.shift and message.shift_reason == "instruction" and message.fallback == "current"
+    assert message.action_source == "temporal" and message.target_ms == pytest.approx(1e5)
+    assert 0 < message.chosen_keep_ratio <= 0.5 and message.predicted_ms > 0
+    assert [r.output.pruned for r in results] == [False, True, True]  # warm-up 1, then pruned, no new warm-up
