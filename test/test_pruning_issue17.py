@@ -335,3 +335,11 @@ def test_runner_stats_fill_every_new_pruner_stats_field(tiny_checkpoint):
     assert message.action_source == "temporal" and message.target_ms == pytest.approx(1e5)
     assert 0 < message.chosen_keep_ratio <= 0.5 and message.predicted_ms > 0
     assert [r.output.pruned for r in results] == [False, True, True]  # warm-up 1, then pruned, no new warm-up
+
+
+def test_budget_shrugs_off_a_lone_spike():
+    budget = LatencyBudget(target_ms=50.0, min_keep_ratio=0.05)
+    spike = lambda step: 10.0 if step == 20 else 1.0  # noqa: E731 - one step 10x slower (preempted)
+    chosen, _ = _simulate(budget, fixed=lambda s: 20.0 * spike(s), rate=lambda s: 0.25 * spike(s), steps=40)
+    assert chosen[19] == 120 and chosen[-1] >= 110  # back near 120 once the headroom decays
+    assert min(chosen[20:]) >= 60  # the spike did not send it to the minimum (13 tokens)

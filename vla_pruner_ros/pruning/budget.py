@@ -83,12 +83,19 @@ class LatencyBudget:
         if not (math.isfinite(total_ms) and math.isfinite(variable_ms)) or total_ms <= 0:
             return
         variable_ms = min(max(variable_ms, 0.0), total_ms)
-        if self.fitted:  # how far off the model is: the controller keeps that much headroom
-            error = abs(total_ms - self.predict(kept))
-            self.spread_ms = (1 - self.alpha) * self.spread_ms + self.alpha * error
         units = self._units(kept)
         fixed = total_ms - variable_ms
         rate = variable_ms / units if units > 0 else None
+        if self.fitted:
+            # how far off the model is: the controller keeps that much headroom (one preempted step
+            # counts at most a quarter of the target, so a lone spike does not pin the ratio down)
+            error = min(abs(total_ms - self.predict(kept)), 0.25 * self.target_ms)
+            self.spread_ms = (1 - self.alpha) * self.spread_ms + self.alpha * error
+            # a single measurement moves each part at most x1.5 (a sustained load change still gets
+            # through in a few steps: 1.5^n; a lone spike does not)
+            fixed = min(fixed, 1.5 * self.fixed_ms) if self.fixed_ms > 0 else fixed
+            if rate is not None and self.rate > 0:
+                rate = min(rate, 1.5 * self.rate)
         a = self.alpha
         self.fixed_ms = fixed if self.fixed_ms is None else (1 - a) * self.fixed_ms + a * fixed
         if rate is not None:
