@@ -13,7 +13,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.executors import ExternalShutdownException
 from rclpy.signals import SignalHandlerOptions
 
-from ._startup import handing_over
+from ._startup import finish, handing_over
 
 
 def stamp_to_seconds(stamp) -> float:
@@ -126,10 +126,10 @@ def spin_node(node_factory, args=None, num_threads: int = 4) -> int:
                 signal.signal(signum, on_signal)
     except KeyboardInterrupt:
         rclpy.try_shutdown()
-        return 0
+        return finish(0)
     except Exception as error:  # e.g. a malformed --params-file or -p value: one line, no rcl traceback
         print(f"[{_default_name(node_factory)}] fatal: invalid ROS arguments: {_one_line(error)}", file=sys.stderr)
-        return 1
+        return finish(1)
     node = None
     code = 0
     try:
@@ -138,7 +138,7 @@ def spin_node(node_factory, args=None, num_threads: int = 4) -> int:
         executor = _MultiThreadedExecutor(num_threads=num_threads)
     except KeyboardInterrupt:
         rclpy.try_shutdown()
-        return 0
+        return finish(0)
     try:
         node = node_factory()
         executor.add_node(node)
@@ -162,4 +162,4 @@ def spin_node(node_factory, args=None, num_threads: int = 4) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    return code
+    return finish(code)
