@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--warmup", type=int, default=100, help="warm-up steps")
     train.add_argument("--aux-weight", type=float, default=0.5,
                        help="weight of the training-only target-position loss (0: plain OFT L1 only)")
+    train.add_argument("--eval-every", type=int, default=100, help="validation loss every N steps")
+    train.add_argument("--eval-samples", type=int, default=384, help="validation samples per evaluation")
+    train.add_argument("--save-every", type=int, default=100, help="save the training state every N steps")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     train.add_argument("--plot", default=None, help="loss curve PNG (default WORK_DIR/loss_curve.png)")
@@ -87,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(dataset=os.fspath(dataset), out_dir=args.out, work_dir=os.fspath(work_dir),
                          preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                          learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed, threads=args.threads,
-                         aux_weight=args.aux_weight, init_from=args.init_from,
+                         aux_weight=args.aux_weight, init_from=args.init_from, eval_every=args.eval_every,
+                         eval_samples=args.eval_samples, save_every=args.save_every,
                          loss_plot=args.plot, overwrite=args.overwrite, resume=not args.no_resume)
     summary = train(config)
     print(json.dumps(summary, indent=2))

@@ -45,7 +45,7 @@ from ..evaluation.report import DEFAULT_RADII, EpisodeOutcome, config_label, for
 from ..evaluation.stats import WILSON_Z, wilson_interval  # noqa: F401  (re-exported)
 from ..pruning import METHODS, PrunerConfig
 from ..pruning.variants import variant_config
-from ..sim import ScriptedExpert, SimEnv, run_expert_episode
+from ..sim import SimEnv, make_expert, run_expert_episode
 from ..sim.task import TASKS
 
 DEFAULT_METHODS = ("none", "fastv", "fastv_last", "fastv_all_rows", "sparsevlm", "divprune", "random", "vla_pruner")
@@ -197,8 +197,8 @@ def summarize(method: str, keep_ratio: float, episodes: list[EpisodeResult], num
 def evaluate_expert(config: EvalConfig) -> dict:
     """The scripted expert (as used for the demonstrations) on the same scene seeds."""
     env = SimEnv(seed=config.seed, image_size=None, control_period=config.control_period, task=config.task)
-    expert = ScriptedExpert(env.kinematics, control_period=config.control_period,
-                            max_joint_speed=config.max_joint_velocity)
+    expert = make_expert(config.task, env.kinematics, control_period=config.control_period,
+                         max_joint_speed=config.max_joint_velocity)
     runs = [run_expert_episode(env, seed=config.seed + i, task=config.task, expert=expert)
             for i in range(config.episodes)]
     successes = sum(r["success"] for r in runs)
