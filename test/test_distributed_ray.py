@@ -10,7 +10,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (scripts/setup_ray.sh), not installed here")
 
-from vla_pruner_ros.distributed import RayBackend, SerialBackend, Unit, run_units  # noqa: E402
+from vla_pruner_ros.distributed import RayBackend, Unit, run_units  # noqa: E402
 from vla_pruner_ros.distributed.eval_sim import SINK_FILE, evaluate_sweep, sim_units, sink_for, unit_key  # noqa: E402
 
 from test_distributed import (  # noqa: E402,F401
@@ -46,7 +46,10 @@ def config(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def serial(config, tmp_path_factory):
-    return evaluate_sweep(config, backend=SerialBackend(), progress=False)
+    """Today's serial eval-sim loop (training.evaluate.evaluate), not the units."""
+    from vla_pruner_ros.training.evaluate import evaluate
+
+    return evaluate(config, progress=False)
 
 
 def _stored_keys(out_dir):
@@ -55,14 +58,34 @@ def _stored_keys(out_dir):
     return [unit_key(e["method"], e["keep_ratio"], e["seed"]) for e in map(json.loads, lines)]
 
 
-def test_ray_sweep_equals_the_serial_run(cluster, config, serial, tmp_path):
-    backend = RayBackend(workers=2, cpus_per_worker=1, quiet=True)
-    swept = evaluate_sweep(config, backend=backend, sink=sink_for(config, tmp_path), progress=False)
-    assert len(backend.worker_pids) == 2 and os.getpid() not in backend.worker_pids.values()
+def test_eval_sim_with_ray_equals_the_serial_run(cluster, config, serial, tiny_checkpoint, tmp_path):
+    """``vla-pruner eval-sim --ray`` (this process is connected to the 2-CPU cluster, so the command
+    uses it) on 2 methods x 2 ratios x 3 episodes: results.json holds the serial episodes."""
+    import contextlib
+    import io
+
+    import torch
+
+    from vla_pruner_ros.tools.cli import main as cli
+
+    printed, threads = io.StringIO(), torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(printed):
+            code = cli(["eval-sim", "--checkpoint", str(tiny_checkpoint), "--methods", ",".join(METHODS),
+                        "--keep", ",".join(map(str, RATIOS)), "--episodes", str(EPISODES), "--actions-per-step", "8",
+                        "--prune-layer", "1", "--window", "2", "--no-expert", "--threads", "1",
+                        "--out", str(tmp_path), "--ray", "--ray-workers", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, printed.getvalue()
+    assert "[ray] 2 worker(s)" in printed.getvalue()
+    results = json.loads((tmp_path / "results.json").read_text())
     assert len(serial["episodes"]) == 12
-    assert outcomes(swept["episodes"]) == outcomes(serial["episodes"])  # each episode, bit for bit
-    assert outcomes(swept["rows"]) == outcomes(serial["rows"])
+    assert outcomes(results["episodes"]) == outcomes(json.loads(json.dumps(serial["episodes"])))  # bit for bit
+    assert outcomes(results["rows"]) == outcomes(json.loads(json.dumps(serial["rows"])))
     assert sorted(_stored_keys(tmp_path)) == sorted(u.key for u in sim_units(config))
+    for name in ("results.csv", "table.txt", "success_vs_keep_ratio.png"):
+        assert (tmp_path / name).is_file()
 
 
 def test_a_killed_worker_loses_only_its_unit(cluster, config, serial, tmp_path):

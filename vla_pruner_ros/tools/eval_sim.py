@@ -49,11 +49,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--radii", type=_radius_list, default=(0.025, 0.035, 0.05),
                         help="comma-separated radii (m) of the success-against-radius columns")
     parser.add_argument("--out", default=str(ROOT / "artifacts" / "eval_sim"), help="output directory")
+    from ..distributed import add_ray_arguments  # --ray: episodes as units on Ray (issue 18)
+
+    add_ray_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import format_paired_report
-    from ..training.evaluate import EvalConfig, evaluate, format_table, write_results
+    from ..distributed import SweepIncomplete, WorkerSetupError
+    from ..distributed.eval_sim import evaluate_command  # without --ray: training.evaluate.evaluate
+    from ..training.evaluate import EvalConfig, format_table, write_results
 
     checkpoint = args.checkpoint or str(ROOT / "checkpoints" / "xarm6_sim_reach")
     if not (Path(checkpoint) / "config.json").is_file():
@@ -70,10 +75,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"eval-sim: {error}", file=sys.stderr)
         return 2
     try:
-        results = evaluate(config, log_path=Path(args.out) / "episodes.jsonl")
+        results = evaluate_command(config, args, log_path=Path(args.out) / "episodes.jsonl")
     except ValueError as error:
         print(f"eval-sim: {error}", file=sys.stderr)
         return 2
+    except (SweepIncomplete, WorkerSetupError, ConnectionError) as error:  # --ray only
+        print(f"eval-sim: {error}", file=sys.stderr)
+        return 1
     command = "vla-pruner eval-sim " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if len(sys.argv) > 1 and sys.argv[1] == "eval-sim" else None
     paths = write_results(results, args.out, command=command, references=args.reference, radii=args.radii)
