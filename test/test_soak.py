@@ -9,8 +9,11 @@ def test_short_soak_runs_clean_with_a_bounded_history(tiny_checkpoint, tmp_path)
     parser = argparse.ArgumentParser()
     soak.add_arguments(parser)
     out = tmp_path / "soak.json"
+    # A generous input age: this checks that nothing fails and the history stays bounded, not the
+    # machine's speed. On a CPU shared with other work a tiny step can take 0.5-0.8 s, and the node
+    # then rightly drops its chunk as stale (test_reliability covers that hold).
     args = parser.parse_args(["--steps", "40", "--instruction-every", "15", "--checkpoint", str(tiny_checkpoint),
-                              "--json", str(out)])
+                              "--max-input-age", "5.0", "--json", str(out)])
     assert soak.run(args) == 0
     report = json.loads(out.read_text())
     assert report["steps"] >= 40

@@ -25,6 +25,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--keep-ratio", type=float, default=0.25)
     parser.add_argument("--instruction-every", type=int, default=200, help="steps between instruction changes")
     parser.add_argument("--warmup-fraction", type=float, default=0.1, help="share of steps before memory is judged")
+    parser.add_argument("--max-input-age", type=float, default=0.0,
+                        help="the node's max_input_age in s (0: the node's default); a machine shared with other "
+                             "work needs more, or its slow steps are rightly dropped as stale")
     parser.add_argument("--json", default="", help="write the report here")
 
 
@@ -85,7 +88,7 @@ def run(args) -> int:
         Parameter("control_rate", value=100.0),
         Parameter("actions_per_step", value=1),
         Parameter("publish_overlays", value=True),
-    ])
+    ] + ([Parameter("max_input_age", value=float(args.max_input_age))] if args.max_input_age > 0 else []))
     monitor = rclpy.create_node("soak_monitor", context=context)
     done = threading.Event()
     lock = threading.Lock()
