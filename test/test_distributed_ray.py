@@ -191,3 +191,32 @@ def test_eval_libero_units_on_ray_equal_the_serial_loop(cluster, tmp_path):
                          backend=RayBackend(workers=2, quiet=True), num_tasks=3)
     assert ran == 3 * 3 * 4 and libero_records(store) == libero_records(plain)
     assert len(ResultsStore(tmp_path / "ray")) == 36  # each episode once in the file
+
+
+def test_eval_libero_command_on_ray_equals_the_serial_command(cluster, tmp_path, capsys):
+    """Real LIBERO (another optional extra), a tiny checkpoint, 2 configurations x 2 short episodes
+    of libero_spatial task 0: ``eval-libero --ray`` writes the serial command's episodes."""
+    from vla_pruner_ros.libero.env import libero_unavailable_reason
+
+    reason = libero_unavailable_reason()
+    if reason is not None:
+        pytest.skip(str(reason))
+    from vla_pruner_ros.model import make_checkpoint
+    from vla_pruner_ros.tools.cli import main
+
+    checkpoint = make_checkpoint("tiny", tmp_path / "tiny", action_dim=7, proprio_dim=8,
+                                 unnorm_key="libero_spatial_no_noops", center_crop=True)
+    argv = ["eval-libero", "--checkpoint", str(checkpoint), "--suite", "libero_spatial", "--tasks", "0",
+            "--episodes-per-task", "2", "--methods", "none,fastv", "--keep", "0.5", "--max-steps", "16",
+            "--no-progress", "--device", "cpu"]
+    assert main(argv + ["--out", str(tmp_path / "serial")]) == 0
+    assert main(argv + ["--out", str(tmp_path / "ray"), "--ray", "--ray-workers", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 episode(s) run now" in printed and "[ray] 2 worker(s)" in printed
+
+    def episodes(out):
+        lines = (out / "episodes.jsonl").read_text().splitlines()
+        return sorted(json.dumps({k: v for k, v in json.loads(line).items() if k not in ("wall_s", "chunk_ms")},
+                                 sort_keys=True) for line in lines)
+
+    assert len(episodes(tmp_path / "ray")) == 4 and episodes(tmp_path / "ray") == episodes(tmp_path / "serial")

@@ -17,13 +17,14 @@ file system (or leave --video at 0).
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .core import Backend, SweepIncomplete, Unit, run_units
+from .core import Backend, SweepIncomplete, Unit, WorkerSetupError, run_units
 
 
 @dataclass(frozen=True)
@@ -236,3 +237,55 @@ def evaluate_units(source: LiberoSource, configurations: Sequence, task_ids: Seq
     if report.failed:
         raise SweepIncomplete(report)
     return ran
+
+
+def run_on_ray(args, suite, checkpoint, unnorm_key: str, center_crop: bool, device: str, configurations,
+               task_ids, settings, store, metadata, out, started: float) -> int:
+    """The rest of ``vla-pruner eval-libero --ray`` once the driver has checked its arguments and
+    opened the results folder: the episodes as units on Ray workers (each loads the policy once),
+    then the serial run's reports. ``suite`` (loaded here) gives the task list and initial states."""
+    from ..libero.results import format_table, summarize, write_reports
+    from ..libero.runner import ERRORS_LOG
+    from ..pruning import PrunerConfig
+    from .cli import backend_from_args
+
+    prune_layer = args.prune_layer
+
+    def pruner_config(configuration):
+        if configuration.method == "none":
+            return None
+        extra = {"prune_layer": prune_layer} if prune_layer is not None else {}
+        return PrunerConfig(method=configuration.method, keep_ratio=configuration.keep_ratio, **extra)
+
+    for task_id in task_ids:
+        if len(suite.initial_states(task_id)) < args.episodes_per_task:
+            raise ValueError(f"--episodes-per-task={args.episodes_per_task}: task {task_id} of {suite.name} has "
+                             f"only {len(suite.initial_states(task_id))} initial states")
+    source = LiberoSource(str(checkpoint), suite.name, device=device, dtype=args.dtype, unnorm_key=unnorm_key,
+                          center_crop=center_crop, seed=args.seed)
+    backend = backend_from_args(args, device=device)
+    print(f"policy: {checkpoint} on {device} in each Ray worker; unnorm_key {unnorm_key}; center crop "
+          f"{'on' if center_crop else 'off'}")
+    print(f"suite {suite.name}: tasks {list(task_ids)}, {args.episodes_per_task} episode(s) each, "
+          f"{len(configurations)} configuration(s): {', '.join(c.label for c in configurations)}; "
+          f"max {settings.max_steps} steps + {settings.num_steps_wait} settle; results in {out}")
+    paths: dict = {}
+    try:
+        ran = evaluate_units(source, configurations, task_ids, args.episodes_per_task, settings, store,
+                             pruner_config=pruner_config, videos_per_task=args.video, video_format=args.video_format,
+                             progress=not args.no_progress, backend=backend, num_tasks=suite.num_tasks)
+    except (SweepIncomplete, WorkerSetupError, ConnectionError) as exc:  # finished episodes stay in the store
+        print(f"vla-pruner eval-libero: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if store.records:
+            paths = write_reports(store, metadata, title=f"{suite.name}: {checkpoint.name}")
+    print(format_table(summarize(store.records.values()), per_task=args.per_task))
+    print(f"{ran} episode(s) run now, {len(store)} in {store.path}; wall time {time.perf_counter() - started:.1f} s")
+    errors = sum(1 for r in store.records.values() if r.error)
+    if errors:
+        print(f"{errors} episode(s) ended with an exception and count as failures (as in OFT): the 'error' field "
+              f"of {store.path.name}, tracebacks in {out / ERRORS_LOG}")
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0

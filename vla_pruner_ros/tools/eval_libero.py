@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=7, help="seed of torch/numpy/random (OFT uses 7)")
     parser.add_argument("--per-task", action="store_true", help="print the per-task rows too")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from vla_pruner_ros.distributed import add_ray_arguments  # --ray: episodes as units on Ray (issue 18)
+
+    add_ray_arguments(parser)
     return parser
 
 
@@ -185,6 +188,11 @@ def _run(args: argparse.Namespace) -> int:
 
     suite = LiberoSuite(suite_name)  # before the (possibly 15 GB) policy load: --tasks errors come first
     task_ids = parse_task_ids(args.tasks, suite.num_tasks)
+    if getattr(args, "ray", None) is not None:  # each Ray worker loads the policy itself (issue 18)
+        from vla_pruner_ros.distributed.libero import run_on_ray
+
+        return run_on_ray(args, suite, checkpoint, unnorm_key, center_crop, device, configurations, task_ids,
+                          settings, store, metadata, out, started)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     seed_everything(args.seed)
     load_start = time.perf_counter()
