@@ -200,6 +200,23 @@ class Policy:
             self._pruner.reset()
         self._instruction = None
 
+    def warm_up(self) -> float:
+        """One throw-away unpruned step on grey frames, so that the first real step does not pay
+        for lazy allocations and first-call kernel set-up (about twice a step's time here). The
+        pruner's state (history, pending change, instruction) is left exactly as it was.
+        Returns the milliseconds it took."""
+        size = self.config.image_size
+        images = {view: np.full((size, size, 3), 128, dtype=np.uint8) for view in self.view_names}
+        proprio = None if self.model.proprio_projector is None else np.zeros(self.proprio_dim)
+        saved = (self._pruner, self._pending, self._instruction)
+        self._pruner, self._pending = None, None
+        started = time.perf_counter()
+        try:
+            self.predict(images, proprio, "warm up")
+        finally:
+            self._pruner, self._pending, self._instruction = saved
+        return (time.perf_counter() - started) * 1000.0
+
     # -- inference ---------------------------------------------------------------------------
     def _check_images(self, images: dict) -> list[tuple[str, np.ndarray]]:
         if not isinstance(images, dict):

@@ -253,6 +253,8 @@ class PolicyNode(Node):
         self.get_logger().info(f"policy loaded in {time.perf_counter() - started:.1f} s; runs in "
                                f"{policy.dtype_choice.describe()} on {policy.device}")
         self.get_logger().info(f"preprocessing: {policy.preprocessing_summary()}")
+        # Otherwise the first step is the slowest (first-call set-up) and can outlive max_input_age.
+        self.get_logger().info(f"warm-up step: {policy.warm_up():.0f} ms")
         return policy
 
     # --- parameters ----------------------------------------------------------------------------
