@@ -134,8 +134,16 @@ def test_write_reports_from_store(tmp_path):
     for r in sample_records():
         store.add(r)
     paths = write_reports(store, {"suite": "libero_spatial"})
-    assert {p.name for p in paths.values()} == {"results.csv", "results.json", "success_vs_keep.png"}
+    assert {"results.csv", "results.json", "success_vs_keep.png", "paired.txt", "paired.json"} <= {
+        p.name for p in paths.values()}
     assert all(p.is_file() for p in paths.values())
+    # The same paired report as eval-sim: each configuration against unpruned and paper FastV.
+    report = json.loads((tmp_path / "paired.json").read_text())
+    rows = {row["config"]: row for row in report["rows"]}
+    assert set(rows) == {"none", "fastv@0.5", "fastv@0.25"}
+    assert rows["fastv@0.25"]["paired"]["none"]["against"] == "none"
+    assert "fastv" not in rows["fastv@0.25"]["paired"]  # a method is not compared with itself
+    assert rows["none"]["episodes"] == len([r for r in sample_records() if r.method == "none"])
 
 
 # ------------------------------------------------------------------------------------- videos

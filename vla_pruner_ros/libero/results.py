@@ -314,13 +314,22 @@ def plot_success_vs_keep(rows: Sequence[Summary], path: str | os.PathLike, title
     return path
 
 
-def write_reports(store: ResultsStore, metadata: Mapping[str, Any], title: str = "") -> dict[str, Path]:
-    """Summaries of everything in the store: CSV, JSON and the plot, next to episodes.jsonl."""
+def write_reports(store: ResultsStore, metadata: Mapping[str, Any], title: str = "",
+                  references: tuple[str, ...] = ("none", "fastv")) -> dict[str, Path]:
+    """Summaries of everything in the store: CSV, JSON and the plot, next to episodes.jsonl; and
+    eval-sim's paired report (paired.txt/json: McNemar against each reference present -- a method
+    name compares at the same keep ratio --, success on episodes with a pruned call, FLOPs spent)."""
+    from vla_pruner_ros.evaluation.report import outcomes_from_libero, write_paired_report
+
     rows = summarize(store.records.values())
     out = store.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    return {
+    paths = {
         "csv": write_csv(rows, out / CSV_FILE),
         "json": write_json(rows, metadata, out / JSON_FILE),
         "plot": plot_success_vs_keep(rows, out / PLOT_FILE, title),
     }
+    _, paired = write_paired_report(outcomes_from_libero(store.records.values()), out, references=references,
+                                    title=title)
+    paths.update({kind: Path(path) for kind, path in paired.items()})
+    return paths
