@@ -44,7 +44,8 @@ class LiberoSource:
 
         from ..model import load_policy
 
-        return load_policy(self.checkpoint, device=self.device, dtype=getattr(torch, self.dtype) if self.dtype else None,
+        dtype = getattr(torch, self.dtype) if self.dtype else None
+        return load_policy(self.checkpoint, device=self.device, dtype=dtype,
                            unnorm_key=self.unnorm_key, center_crop=self.center_crop)
 
     def load_suite(self):

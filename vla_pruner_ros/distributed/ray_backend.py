@@ -26,7 +26,8 @@ from typing import Any
 
 from .core import Outcome, Unit, WorkerSetupError, exception_signature
 
-INSTALL_HINT = "install the optional Ray extra: scripts/setup_ray.sh (or pip install -c constraints.txt -r requirements-ray.txt)"
+INSTALL_HINT = ("install the optional Ray extra: scripts/setup_ray.sh "
+                "(or pip install -c constraints.txt -r requirements-ray.txt)")
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024  # results are small; Ray's default is 30 % of the RAM
 
 
@@ -175,7 +176,8 @@ class RayBackend:
             except ray.exceptions.RayActorError as error:  # died while loading: try another one
                 self._setup_failures += 1
                 if self._setup_failures > self.max_setup_failures:
-                    raise WorkerSetupError(f"{self._setup_failures} Ray workers died while starting: {error}") from error
+                    raise WorkerSetupError(
+                        f"{self._setup_failures} Ray workers died while starting: {error}") from error
                 self._spawn()
                 return None
             self.worker_pids[actor] = int(info["pid"])

@@ -340,7 +340,8 @@ class PolicySource:
 
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        return load_policy(self.checkpoint, device=self.device, dtype=getattr(torch, self.dtype) if self.dtype else None,
+        dtype = getattr(torch, self.dtype) if self.dtype else None
+        return load_policy(self.checkpoint, device=self.device, dtype=dtype,
                            unnorm_key=self.unnorm_key, center_crop=self.center_crop)
 
 
@@ -390,7 +391,8 @@ class ReplayWork:
     def setup(self) -> dict:
         policy = self.loaded if self.loaded is not None else self.policy.load()
         return {"policy": policy, "layers": check_layers(self.config, int(policy.num_layers)),
-                "timelines": dict(self.timelines), "warmed": set(), "specs": {s.name: s for s in run_specs(self.config)}}
+                "timelines": dict(self.timelines), "warmed": set(),
+                "specs": {spec.name: spec for spec in run_specs(self.config)}}
 
     def run(self, state: dict, args, tick=None) -> dict:
         bag, name = args
