@@ -118,3 +118,22 @@ def test_the_yaw_detail_is_seen_in_the_wrist_view_not_the_fixed_view():
         a, b = (policy_view(x[view], 168).astype(int) for x in (before, after))
         changed[view] = int((np.abs(a - b).max(-1) > 30).sum())
     assert changed["fixed"] < 25 and changed["wrist"] > 5 * max(1, changed["fixed"]), changed
+
+
+def test_every_pruning_method_survives_the_mid_episode_instruction_change(tmp_path):
+    """The policy resets its pruner when the instruction changes (what this task does mid-episode):
+    every method must accept that reset (RandomPruning.reset once did not take its reason)."""
+    from vla_pruner_ros.model import load_policy, make_checkpoint
+    from vla_pruner_ros.pruning import METHODS, PrunerConfig
+
+    make_checkpoint("tiny", tmp_path / "tiny", seed=0)
+    policy = load_policy(tmp_path / "tiny")
+    env = SimEnv(task="pregrasp")
+    obs = env.reset(seed=0)
+    episode = env.episode
+    for method in (m for m in METHODS if m != "none"):
+        policy.set_pruner(PrunerConfig(method=method, keep_ratio=0.25, prune_layer=2, window=1))
+        policy.reset()
+        for instruction in (episode.instruction, episode.instruction, episode.next_instruction):
+            out = policy.predict(images=obs["images"], proprio=obs["proprio"], instruction=instruction)
+            assert np.all(np.isfinite(out.actions)), method

@@ -447,8 +447,8 @@ class RandomPruning(Pruner):
         super().__init__(config)
         self.generator = torch.Generator().manual_seed(config.seed)
 
-    def reset(self) -> None:
-        super().reset()
+    def reset(self, reason: Optional[str] = None) -> None:
+        super().reset(reason)
         self.generator.manual_seed(self.config.seed)
 
     def _choose(self, features, scores, budget, num_tokens, device):
