@@ -189,3 +189,26 @@ def test_a_launched_node_stops_when_its_launch_process_dies(tiny_checkpoint, tmp
             parent.kill()
         if node_pid is not None and _alive(node_pid):
             os.kill(node_pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("ros_args", [
+    ["-p", "checkpoint:="],                      # an override with nothing after ':='
+    ["--params-file", "{params_file}"],          # a YAML file that does not parse
+])
+def test_malformed_ros_arguments_end_in_one_line_without_a_traceback(tmp_path, ros_args):
+    """A malformed `-p` or `--params-file` stops the node at start-up with exit code 1 and one
+    line of ours naming the cause (rcl logs its own '[ERROR] [rcl]: ...' line first), never a
+    Python traceback."""
+    params_file = tmp_path / "broken.yaml"
+    params_file.write_text("sim_xarm6:\n  ros__parameters: [unclosed\n", encoding="utf-8")
+    args = [a.format(params_file=params_file) for a in ros_args]
+    result = subprocess.run([sys.executable, "-m", "vla_pruner_ros.nodes.sim_xarm6", "--ros-args", *args],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output, output
+    ours = [line for line in output.splitlines() if line.startswith("[sim_xarm6] fatal:")]
+    assert len(ours) == 1 and "invalid ROS arguments" in ours[0], output
+    others = [line for line in output.splitlines() if line.strip() and not line.startswith("[sim_xarm6]")
+              and "[rcl]" not in line]
+    assert not others, output
