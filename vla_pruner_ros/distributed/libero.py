@@ -245,8 +245,7 @@ def run_on_ray(args, suite, checkpoint, unnorm_key: str, center_crop: bool, devi
     """The rest of ``vla-pruner eval-libero --ray`` once the driver has checked its arguments and
     opened the results folder: the episodes as units on Ray workers (each loads the policy once),
     then the serial run's reports. ``suite`` (loaded here) gives the task list and initial states."""
-    from ..libero.results import format_table, summarize, write_reports
-    from ..libero.runner import ERRORS_LOG
+    from ..libero.results import write_reports
     from ..pruning import PrunerConfig
     from .cli import backend_from_args
 
@@ -281,12 +280,7 @@ def run_on_ray(args, suite, checkpoint, unnorm_key: str, center_crop: bool, devi
     finally:
         if store.records:
             paths = write_reports(store, metadata, title=f"{suite.name}: {checkpoint.name}")
-    print(format_table(summarize(store.records.values()), per_task=args.per_task))
-    print(f"{ran} episode(s) run now, {len(store)} in {store.path}; wall time {time.perf_counter() - started:.1f} s")
-    errors = sum(1 for r in store.records.values() if r.error)
-    if errors:
-        print(f"{errors} episode(s) ended with an exception and count as failures (as in OFT): the 'error' field "
-              f"of {store.path.name}, tracebacks in {out / ERRORS_LOG}")
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
+    from ..tools.eval_libero import print_run_summary
+
+    print_run_summary(store, ran, time.perf_counter() - started, args.per_task, paths)
     return 0

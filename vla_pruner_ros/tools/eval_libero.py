@@ -144,8 +144,8 @@ def _run(args: argparse.Namespace) -> int:
         parse_list,
         parse_task_ids,
     )
-    from vla_pruner_ros.libero.results import ResultsStore, check_run_metadata, format_table, summarize, write_reports
-    from vla_pruner_ros.libero.runner import ERRORS_LOG, EpisodeSettings, evaluate, make_metadata
+    from vla_pruner_ros.libero.results import ResultsStore, check_run_metadata, write_reports
+    from vla_pruner_ros.libero.runner import EpisodeSettings, evaluate, make_metadata
     from vla_pruner_ros.pruning import METHODS, PrunerConfig
 
     started = time.perf_counter()
@@ -222,12 +222,20 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if store.records:
             paths = write_reports(store, metadata, title=f"{suite_name}: {checkpoint.name}")
-    print(format_table(summarize(store.records.values()), per_task=args.per_task))
-    print(f"{ran} episode(s) run now, {len(store)} in {store.path}; wall time {time.perf_counter() - started:.1f} s")
+    print_run_summary(store, ran, time.perf_counter() - started, args.per_task, paths)
+    return 0
+
+
+def print_run_summary(store, ran: int, wall_s: float, per_task: bool, paths: dict) -> None:
+    """The end of an eval-libero run, serial or on Ray: the table, counts, errors, result files."""
+    from vla_pruner_ros.libero.results import format_table, summarize
+    from vla_pruner_ros.libero.runner import ERRORS_LOG
+
+    print(format_table(summarize(store.records.values()), per_task=per_task))
+    print(f"{ran} episode(s) run now, {len(store)} in {store.path}; wall time {wall_s:.1f} s")
     errors = sum(1 for r in store.records.values() if r.error)
     if errors:
         print(f"{errors} episode(s) ended with an exception and count as failures (as in OFT): the 'error' field "
-              f"of {store.path.name}, tracebacks in {out / ERRORS_LOG}")
+              f"of {store.path.name}, tracebacks in {store.out_dir / ERRORS_LOG}")
     for kind, path in paths.items():
         print(f"{kind}: {path}")
-    return 0
