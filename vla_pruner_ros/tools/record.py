@@ -21,7 +21,7 @@ How it works:
   when the stop came. A topic counts as drained once it delivers a message published after
   the stop, or once nothing arrived on it for ``DRAIN_QUIET_S`` (DDS resends a lost sample at
   the publisher's next heartbeat, 3 s by default), ``DRAIN_TIMEOUT_S`` at most: a stop takes
-  up to 3.5 s unless every topic is still publishing.
+  up to 6.5 s unless every topic is still publishing.
   Then it stops subscribing, writes the whole queue, closes the bag and prints a table.
   A write error (disk full, ...) stops the recording with a clear message; the bag is
   closed and stays readable with what reached it (see ``vla_pruner_ros.bags.writer``).
@@ -52,8 +52,9 @@ DISCOVERY_PERIOD_S = 0.2  # how often the graph is polled for new topics
 # After a stop, a topic on which nothing arrived for this long is drained. A sample the transport
 # dropped in a burst is sent again at the publisher's next heartbeat: every 3 s with Fast DDS's
 # defaults (measured: the tail of a 1000-message burst arrived 2.98-3.04 s late, 1 burst in 8).
-DRAIN_QUIET_S = 3.5
-DRAIN_TIMEOUT_S = 10.0  # after a stop, take arriving messages at most this long
+# Two heartbeats: on a loaded machine a 3.5 s wait once lost the 25-message tail of a burst.
+DRAIN_QUIET_S = 6.5
+DRAIN_TIMEOUT_S = 15.0  # after a stop, take arriving messages at most this long
 TAKE_BATCH = 1000  # messages taken from one subscription per round of the main loop
 MAX_QUEUED_BYTES = 1 << 30  # beyond this the writer is hopelessly behind: drop and count
 INFINITE_NS = 2**63 - 1  # rmw's "infinite" duration
