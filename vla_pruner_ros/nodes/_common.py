@@ -10,7 +10,7 @@ import time
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
 from ._startup import finish, handing_over
@@ -101,7 +101,7 @@ class _MultiThreadedExecutor(rclpy.executors.MultiThreadedExecutor):
 
 
 def spin_node(node_factory, args=None, num_threads: int = 4) -> int:
-    """Create a node, spin it with a multi-threaded executor, shut down cleanly on Ctrl-C/SIGTERM.
+    """Create a node, spin it (a multi-threaded executor; single-threaded for num_threads 1), shut down cleanly on Ctrl-C/SIGTERM.
 
     The signals are handled here, not by rclpy: rclpy's handler shuts the context down at once,
     which destroys the node while executor threads still run its callbacks ("The following
@@ -135,7 +135,10 @@ def spin_node(node_factory, args=None, num_threads: int = 4) -> int:
     try:
         # Made before the node: a Ctrl-C while the node starts (e.g. loads a model) then finds the
         # executor whole, and nothing half-built is left to the garbage collector.
-        executor = _MultiThreadedExecutor(num_threads=num_threads)
+        # num_threads 1: rclpy's single-threaded executor. Its multi-threaded one starved a 30 Hz
+        # timer next to a 100 Hz subscription for up to 3.9 s (sim_cameras beside sim_xarm6).
+        executor = (SingleThreadedExecutor() if num_threads <= 1
+                    else _MultiThreadedExecutor(num_threads=num_threads))
     except KeyboardInterrupt:
         rclpy.try_shutdown()
         return finish(0)

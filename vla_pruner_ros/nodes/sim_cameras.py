@@ -115,7 +115,7 @@ class SimCamerasNode(Node):
 
 
 def main(args=None) -> int:
-    return spin_node(SimCamerasNode, args, num_threads=2)
+    return spin_node(SimCamerasNode, args, num_threads=1)  # one thread: see spin_node
 
 
 if __name__ == "__main__":

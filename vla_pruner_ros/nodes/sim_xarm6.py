@@ -75,7 +75,7 @@ class SimXArm6Node(Node):
 
 
 def main(args=None) -> int:
-    return spin_node(SimXArm6Node, args, num_threads=2)
+    return spin_node(SimXArm6Node, args, num_threads=1)  # one thread: see spin_node
 
 
 if __name__ == "__main__":
