@@ -152,6 +152,18 @@ def format_paired_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _save_with_legend(fig, ax, path) -> Path:
+    """The common end of the line plots: grid, legend, tight layout, PNG written, figure closed."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_radius_curve(report: dict, outcomes: Sequence[EpisodeOutcome], path: str | os.PathLike,
                       title: str = "") -> Path:
     """Share of episodes with final error <= r, as a continuous curve of r, one line per configuration."""
@@ -176,12 +188,7 @@ def plot_radius_curve(report: dict, outcomes: Sequence[EpisodeOutcome], path: st
     ax.set_ylabel("episodes with final error <= r (%)")
     ax.set_title(title or "success against radius", fontsize=9)
     ax.set_ylim(-2, 102)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save_with_legend(fig, ax, path)
 
 
 def plot_error_histogram(report: dict, outcomes: Sequence[EpisodeOutcome], path: str | os.PathLike,
@@ -238,12 +245,7 @@ def plot_success_vs_flops(report: dict, path: str | os.PathLike, title: str = ""
     ax.set_ylabel("success rate (%)")
     ax.set_title(title or "success against the compute really spent", fontsize=9)
     ax.set_ylim(-3, 103)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save_with_legend(fig, ax, path)
 
 
 def write_paired_report(outcomes: Sequence[EpisodeOutcome], out_dir: str | os.PathLike,
