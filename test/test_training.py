@@ -355,3 +355,51 @@ def test_warm_start_copies_the_source_and_starts_new_layers_as_identities(tmp_pa
     assert not torch.equal(dst[name], build_model("xarm6-sim-deep", seed=0).state_dict()[name])
     assert torch.count_nonzero(dst["language_model.model.layers.6.self_attn.o_proj.weight"]) == 0
     assert dst["vision_backbone.featurizer.pos_embed"].shape[1] == 144
+
+
+def test_dagger_labels_the_policy_visited_states_with_the_expert_and_appends_them(pregrasp_dataset, tiny_checkpoint,
+                                                                                  tmp_path):
+    """DAgger: the policy drives (expert_probability 0), every visited state gets the expert's chunk
+    of the instruction of the moment, and the samples are appended after the recorded ones."""
+    from vla_pruner_ros.sim import make_expert
+    from vla_pruner_ros.training.dagger import DaggerConfig, append_records, collect
+
+    data_config, path, _ = pregrasp_dataset
+    out = tmp_path / "merged.npz"
+    config = DaggerConfig(checkpoint=str(tiny_checkpoint), dataset=str(path), out=str(out), episodes=1,
+                          first_seed=41, expert_probability=0.0, max_steps=6, hover_steps=0)
+    records, episodes = collect(config, progress=False)
+    (record,) = records
+    assert len(record.chunks) == 6 and episodes[0]["source"] == "dagger" and episodes[0]["seed"] == 41
+    summary = append_records(path, records, episodes, out)
+    before, merged = SimDataset(path), SimDataset(out)
+    n = len(before)
+    assert summary["samples"] == len(merged) == n + 6 and merged.num_episodes == before.num_episodes + 1
+    np.testing.assert_array_equal(merged.views["wrist"][:n], before.views["wrist"])
+    np.testing.assert_array_equal(merged.chunks[:n], before.chunks)
+    assert np.all(merged.episode[n:] == before.num_episodes) and list(merged.step[n:]) == list(range(6))
+    episode = make_episode(41, "pregrasp")
+    expert = make_expert("pregrasp", control_period=data_config.control_period,
+                         max_joint_speed=data_config.max_joint_speed)
+    for row in range(n, n + 6):
+        joints, gripper = merged.proprio[row, :6].astype(np.float64), float(merged.proprio[row, 6])
+        np.testing.assert_allclose(merged.chunks[row], expert.action_chunk(episode, joints, gripper, 8), atol=2e-5)
+        assert merged.instructions[merged.instruction[row]] == episode.instruction
+    # The policy, not the expert, moved the arm: the visited joints leave the expert's path.
+    reached = merged.proprio[n + 1, :6]
+    assert np.abs(reached - merged.chunks[n, 0, :6]).max() > 1e-3
+    with pytest.raises(ValueError, match="already in"):
+        append_records(out, records, episodes, tmp_path / "again.npz")
+
+
+def test_warm_start_from_the_same_task_keeps_the_source_normalisation(pregrasp_dataset, tmp_path):
+    from vla_pruner_ros.training.train import inherited_statistics
+
+    _, path, _ = pregrasp_dataset
+    source = {"action": {"q01": [0.0] * 7, "q99": [1.0] * 7}, "proprio": {"q01": [0.0] * 7, "q99": [1.0] * 7}}
+    (tmp_path / "same").mkdir()
+    (tmp_path / "same" / "dataset_statistics.json").write_text(json.dumps({"xarm6_sim_pregrasp": source}))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "dataset_statistics.json").write_text(json.dumps({"xarm6_sim_reach": source}))
+    assert inherited_statistics(tmp_path / "same", path) == source
+    assert inherited_statistics(tmp_path / "other", path) is None and inherited_statistics(None, path) is None

@@ -139,6 +139,27 @@ def warm_start(model, checkpoint: str | os.PathLike) -> dict:
     return counts
 
 
+def dataset_task(path: str | os.PathLike) -> str:
+    """The task a recorded dataset was recorded for (its metadata only; no images are read)."""
+    with np.load(path) as data:
+        return json.loads(data["meta"].tobytes().decode())["config"].get("task", "above")
+
+
+def inherited_statistics(init_from: str | os.PathLike | None, dataset: str | os.PathLike) -> dict | None:
+    """The normalisation statistics to train with when warm-starting from ``init_from``: the source
+    checkpoint's own, when it was trained on the same task (fine-tuning, e.g. on a dataset extended
+    by DAgger, keeps the scale its outputs were learnt in); None (compute them from the data) for
+    a checkpoint of another task or no warm start."""
+    if not init_from:
+        return None
+    path = Path(init_from) / "dataset_statistics.json"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        statistics = json.load(f)
+    return statistics.get(unnorm_key_for(dataset_task(dataset)))
+
+
 def learning_rate_at(step: int, config: TrainConfig) -> float:
     """Linear warm-up to the peak, then cosine decay to ``min_learning_rate_ratio`` of it."""
     peak = config.learning_rate
@@ -329,7 +350,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     if out_dir.exists() and any(out_dir.iterdir()) and not config.overwrite:
         raise ValueError(f"out_dir {out_dir}: exists and is not empty (pass overwrite to replace it)")
 
-    dataset = SimDataset(config.dataset)
+    dataset = SimDataset(config.dataset, statistics=inherited_statistics(config.init_from, config.dataset))
     tokenizer, prompt_builder, stop_token_id = _prompt_tools(work_dir)
     model = build_model(config.preset, seed=config.seed)
     from ..model.processing_oft import OFTImageProcessor
@@ -473,6 +494,7 @@ def export_checkpoint(config: TrainConfig) -> Path:
     model.load_state_dict(state["model"])
     tokenizer, _, _ = _prompt_tools(Path(config.work_dir))
     statistics, task = statistics_from_file(state["config"]["dataset"], with_task=True)
+    statistics = inherited_statistics(state["config"].get("init_from"), state["config"]["dataset"]) or statistics
     unnorm_key = unnorm_key_for(task)
     return write_checkpoint(model.eval(), out_dir, {unnorm_key: statistics}, tokenizer,
                             TrainConfig(**{**state["config"], "out_dir": str(out_dir)}), state["step"], unnorm_key)

@@ -1,0 +1,226 @@
+"""DAgger for the sim tasks: roll a trained policy out in closed loop the way the node runs it,
+label every state it visits with the scripted expert's chunk, and append those samples to a
+recorded dataset.
+
+Behaviour cloning only ever sees states near the expert's own paths (DART noise widens them a
+little); a policy that drifts off them (hovering 2 cm off the cube, stalled after the instruction
+changed) finds no labels there. The expert of every task is a function of the arm state and the
+instruction of the moment, so any visited state can be labelled after the fact: that is DAgger
+(Ross et al., 2011), with the policy executing its own chunks (``actions_per_step`` of each, made
+safe as the node does) and, on a share ``expert_probability`` of the policy calls, the expert's
+actions instead, so the later stages of the task are visited too.
+
+Samples are stored exactly as ``build_dataset`` stores them (views at the policy's size, proprio,
+the expert's chunk from the state the views show, the instruction and named cube of the moment);
+the appended episodes carry ``"source": "dagger"`` in the dataset's metadata.
+
+Run: ``python -m vla_pruner_ros.training.dagger --checkpoint CKPT --dataset IN.npz --out OUT.npz``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..sim import SimEnv
+from ..sim.task import MAX_STEPS, make_expert
+from .dataset import RENDER_SIZE, VIEW_NAMES, EpisodeRecord, _cube_index, policy_view
+
+
+@dataclass(frozen=True)
+class DaggerConfig:
+    checkpoint: str
+    dataset: str  # the dataset to extend (its task, image size, chunk length and control period are used)
+    out: str  # the merged dataset (may equal ``dataset``: it is replaced only once the new file is written)
+    episodes: int = 40
+    first_seed: int = 200_000  # far from the evaluation seeds (0..) and the recorded scenes (100 000..)
+    expert_probability: float = 0.3  # per policy call: execute the expert's actions instead (DAgger's beta)
+    actions_per_step: int = 4  # the node's default
+    max_joint_velocity: float = 1.0  # rad/s, the node's default
+    init_joint_noise: float = 0.1  # rad around HOME (eval: 0.05, expert data: 0.15)
+    hover_steps: int = 4  # steps recorded after success
+    max_steps: int | None = None  # control steps per episode (None: the task's limit)
+    seed: int = 0
+    threads: int = 1
+
+    def __post_init__(self):
+        for name in ("episodes", "actions_per_step", "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DaggerConfig.{name}={value!r}: expected a positive integer")
+        if not 0.0 <= self.expert_probability <= 1.0:
+            raise ValueError(f"DaggerConfig.expert_probability={self.expert_probability!r}: expected in [0, 1]")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ValueError(f"DaggerConfig.max_steps={self.max_steps!r}: expected a positive integer or None")
+        if not self.max_joint_velocity > 0 or not self.init_joint_noise >= 0 or self.hover_steps < 0:
+            raise ValueError("DaggerConfig: max_joint_velocity must be > 0, init_joint_noise and hover_steps >= 0")
+
+
+def record_policy_episode(env: SimEnv, policy, expert, robot, seed: int, task: str, image_size: int,
+                          chunk_length: int, rng: np.random.Generator, config: DaggerConfig) -> EpisodeRecord:
+    """One closed-loop episode of ``policy`` (expert actions on a share of its calls); every
+    control step stores the views, proprio and the expert's chunk from that state."""
+    from ..control.safety import make_safe_chunk
+
+    obs = env.reset(seed=seed, task=task)
+    policy.reset()
+    record = EpisodeRecord(seed=seed, target=env.episode.target, instruction=env.episode.instruction,
+                           success=False, num_steps=0, action_noise=0.0, detour=0)
+    limit = config.max_steps or MAX_STEPS[task]
+    hover_left = config.hover_steps
+    finished = False
+    while not finished:
+        by_expert = bool(rng.random() < config.expert_probability)
+        planned = None
+        if not by_expert:
+            out = policy.predict(images=obs["images"], proprio=obs["proprio"], instruction=obs["instruction"])
+            safe = make_safe_chunk(out.actions, obs["joints"], robot, env.control_period, config.max_joint_velocity)
+            grip = np.clip(out.actions[:, robot.gripper_action_index], 0.0, 1.0) \
+                if robot.gripper_action_index is not None else np.zeros(len(out.actions))
+            planned = [np.concatenate([safe.joint_positions[i], [grip[i]]])
+                       for i in range(min(config.actions_per_step, len(safe.joint_positions)))]
+        for i in range(config.actions_per_step if planned is None else len(planned)):
+            current = env.current
+            chunk = expert.action_chunk(current, env.arm.joints, env.arm.gripper, chunk_length)
+            for view in VIEW_NAMES:
+                record.images[view].append(policy_view(obs["images"][view], image_size))
+            record.proprio.append(obs["proprio"].astype(np.float32))
+            record.chunks.append(chunk.astype(np.float32))
+            record.instructions.append(current.instruction)
+            record.targets.append(_cube_index(current.scene, current.target))
+            action = chunk[0] if planned is None else planned[i]
+            obs, reached, _, _ = env.step(action)
+            env.done = False  # the recording decides when to stop
+            if not record.success:
+                record.num_steps += 1
+                record.success = bool(reached)
+            if record.success:
+                if hover_left == 0:
+                    finished = True
+                    break
+                hover_left -= 1
+            elif record.num_steps >= limit:
+                finished = True
+                break
+    return record
+
+
+def collect(config: DaggerConfig, progress: bool = True) -> tuple[list[EpisodeRecord], list[dict]]:
+    """Roll out ``config.episodes`` episodes; returns the records and their metadata entries."""
+    import torch
+
+    from ..control.robot_config import load_robot_config
+    from ..model import load_policy
+
+    torch.set_num_threads(config.threads)
+    with np.load(config.dataset) as data:
+        meta = json.loads(data["meta"].tobytes().decode())
+    data_config = meta["config"]
+    task = data_config.get("task", "above")
+    policy = load_policy(config.checkpoint, device="cpu", dtype="float32", announce=False)
+    robot = load_robot_config()
+    env = SimEnv(seed=config.seed, image_size=(RENDER_SIZE, RENDER_SIZE),
+                 control_period=data_config["control_period"], task=task,
+                 init_joint_noise=config.init_joint_noise, max_steps=10**6)
+    expert = make_expert(task, env.kinematics, control_period=data_config["control_period"],
+                         max_joint_speed=data_config["max_joint_speed"])
+    rng = np.random.default_rng([config.seed, 53])
+    records, episodes = [], []
+    seeds = range(config.first_seed, config.first_seed + config.episodes)
+    iterator = seeds
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(seeds, desc="dagger", unit="ep", dynamic_ncols=True)
+    for seed in iterator:
+        record = record_policy_episode(env, policy, expert, robot, seed, task, data_config["image_size"],
+                                       data_config["chunk_length"], rng, config)
+        records.append(record)
+        episodes.append({"seed": record.seed, "target": record.target, "instruction": record.instruction,
+                         "success": record.success, "num_steps": record.num_steps, "action_noise": 0.0,
+                         "detour": 0, "start_above": None, "switch_step": env.episode.switch_step,
+                         "next_target": env.episode.next_target, "source": "dagger"})
+    return records, episodes
+
+
+def append_records(dataset: str | os.PathLike, records: list[EpisodeRecord], episodes: list[dict],
+                   out: str | os.PathLike, note: dict | None = None) -> dict:
+    """Write ``dataset`` plus ``records`` (one episode each, metadata ``episodes``) to ``out``."""
+    if len(records) != len(episodes):
+        raise ValueError(f"{len(records)} records but {len(episodes)} episode entries")
+    with np.load(dataset) as data:
+        arrays = {name: data[name] for name in data.files if name != "meta"}
+        meta = json.loads(data["meta"].tobytes().decode())
+    known = {e["seed"] for e in meta["episodes"]}
+    clash = sorted(known & {e["seed"] for e in episodes})
+    if clash:
+        raise ValueError(f"scene seeds {clash[:5]} are already in {dataset}; use other seeds")
+    instructions = list(meta["instructions"])
+    first_episode = len(meta["episodes"])
+    new = {v: [] for v in VIEW_NAMES}
+    proprio, chunks, episode_index, step_index, instruction_index, target_index = [], [], [], [], [], []
+    for number, record in enumerate(records):
+        for text in [record.instruction] + record.instructions:
+            if text not in instructions:
+                instructions.append(text)
+        for view in VIEW_NAMES:
+            new[view].extend(record.images[view])
+        proprio.extend(record.proprio)
+        chunks.extend(record.chunks)
+        instruction_index.extend(instructions.index(text) for text in record.instructions)
+        target_index.extend(record.targets)
+        episode_index.extend([first_episode + number] * len(record.chunks))
+        step_index.extend(range(len(record.chunks)))
+    if proprio:
+        additions = {
+            "fixed": np.stack(new["fixed"]), "wrist": np.stack(new["wrist"]),
+            "proprio": np.stack(proprio).astype(np.float32), "chunks": np.stack(chunks).astype(np.float32),
+            "episode": np.asarray(episode_index, dtype=np.int32), "step": np.asarray(step_index, dtype=np.int32),
+            "instruction": np.asarray(instruction_index, dtype=np.int32),
+            "target": np.asarray(target_index, dtype=arrays["target"].dtype)}
+        for name, value in additions.items():
+            if value.shape[1:] != arrays[name].shape[1:]:
+                raise ValueError(f"{name}: new samples have shape {value.shape[1:]}, the dataset {arrays[name].shape[1:]}")
+            arrays[name] = np.concatenate([arrays[name], value])
+    meta["instructions"] = instructions
+    meta["episodes"] = meta["episodes"] + episodes
+    meta.setdefault("dagger_rounds", []).append({**(note or {}), "episodes": len(episodes),
+                                                 "samples": len(proprio)})
+    out = os.fspath(out)
+    tmp = out + ".tmp.npz"
+    np.savez_compressed(tmp, **arrays, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    os.replace(tmp, out)
+    return {"path": out, "episodes": len(meta["episodes"]), "samples": int(len(arrays["proprio"])),
+            "added_samples": len(proprio), "added_success": float(np.mean([e["success"] for e in episodes]))
+            if episodes else float("nan")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="the policy to roll out")
+    parser.add_argument("--dataset", required=True, help="the recorded dataset to extend")
+    parser.add_argument("--out", required=True, help="the merged dataset (.npz)")
+    parser.add_argument("--episodes", type=int, default=40)
+    parser.add_argument("--first-seed", type=int, default=200_000)
+    parser.add_argument("--expert-probability", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    config = DaggerConfig(checkpoint=args.checkpoint, dataset=args.dataset, out=args.out, episodes=args.episodes,
+                          first_seed=args.first_seed, expert_probability=args.expert_probability, seed=args.seed,
+                          threads=args.threads)
+    started = time.time()
+    records, episodes = collect(config)
+    print(f"dagger: {len(records)} episodes, {sum(len(r.chunks) for r in records)} samples, policy+expert "
+          f"success {np.mean([e['success'] for e in episodes]):.0%} ({time.time() - started:.0f} s)")
+    summary = append_records(config.dataset, records, episodes, config.out, note=asdict(config))
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
