@@ -103,6 +103,8 @@ def test_demo_prints_a_line_per_step_and_stops_cleanly_on_sigterm(tiny_checkpoin
     # slower than max_input_age (a loaded machine) drops its chunk with another message.
     assert not re.search(r"\[policy ERROR\] holding: \w+: last message", output), output
     assert re.search(r"age of a step's oldest input when its stats arrived: median \d+ ms", output), output
+    # Whether the named cube was reached (eval-sim's success test) is said once at the end.
+    assert re.search(r"\[demo\] target (reached: the \w+ cube at step \d+|not reached: closest [\d.]+ cm)", output), output
     assert {p.name for p in log_dir.iterdir()} >= {"vla_pruner_policy.log", "sim_xarm6.log", "sim_cameras.log"}
 
 

@@ -22,8 +22,9 @@ def test_sim_plan_starts_policy_sim_arm_and_cameras():
     assert [n.executable for n in plan.nodes] == ["policy_node", "sim_xarm6", "sim_cameras"]
     assert plan.includes == [] and plan.record_command is None and plan.rviz_config is None
     policy = plan.nodes[0]
-    params_file, overrides = policy.parameters
+    params_file, *layered, overrides = policy.parameters
     assert params_file.endswith("config/policy.yaml") and Path(params_file).is_file()
+    assert all(Path(path).is_file() for path in layered)
     assert overrides["autostart"] is True  # sim: motion on at start-up
     assert overrides["checkpoint"]
 
@@ -34,7 +35,7 @@ def test_real_plan_needs_robot_ip_and_includes_xarm_controller():
     plan = plan_launch({"use_sim": "false", "robot_ip": "192.168.1.203", "realsense": "true",
                         "fixed_camera_serial": "123", "rviz": "true"}, installed=everything_installed)
     assert [n.executable for n in plan.nodes] == ["policy_node"]
-    assert plan.nodes[0].parameters[1]["autostart"] is False  # real arm: motion off until enabled
+    assert plan.nodes[0].parameters[-1]["autostart"] is False  # real arm: motion off until enabled
     xarm, *cameras = plan.includes
     assert (xarm.package, xarm.launch_file) == ("xarm_controller", "xarm6_control_rviz_display.launch.py")
     assert xarm.arguments["robot_ip"] == "192.168.1.203"
@@ -46,7 +47,7 @@ def test_real_plan_needs_robot_ip_and_includes_xarm_controller():
 def test_record_starts_ros2_bag_record_with_the_configured_topics():
     plan = plan_launch({"record": "true", "record_storage": "sqlite3", "record_dir": "/tmp/run1"},
                        installed=everything_installed, which=on_path)
-    assert plan.record_tool == "ros2 bag record" and plan.messages == ["recording with ros2 bag record (sqlite3)"]
+    assert plan.record_tool == "ros2 bag record" and plan.messages[-1] == "recording with ros2 bag record (sqlite3)"
     command = plan.record_command
     assert command[:5] == ["ros2", "bag", "record", "--storage", "sqlite3"]
     assert command[5:7] == ["-o", "/tmp/run1"]
@@ -198,3 +199,32 @@ def test_the_fallback_recorder_command_records_the_topics(tmp_path):
     info = describe(out)
     assert info.storage == "mcap", output
     assert info.topics["/joint_states"].count > 0, output
+
+
+def test_the_shipped_sim_policy_runs_the_pruning_its_table_chose(tmp_path):
+    """policy.yaml keeps the paper's method for real checkpoints; the shipped sim policy, run by
+    default, gets config/sim_reach.yaml layered on top (before the launch's own values), and only then."""
+    import yaml
+
+    from vla_pruner_ros.control.launch_logic import SHIPPED_CHECKPOINT, pruning_in
+
+    if not (ROOT / SHIPPED_CHECKPOINT / "config.json").is_file():
+        pytest.skip("the shipped sim checkpoint is not in this checkout")
+    plan = plan_launch({})
+    params_file, shipped, overrides = plan.nodes[0].parameters
+    assert shipped.endswith("config/sim_reach.yaml")
+    assert pruning_in(shipped) == {"method": "fastv_all_rows", "keep_ratio": 0.25}
+    assert pruning_in(params_file)["method"] == "vla_pruner"  # unchanged for real OFT checkpoints
+    assert overrides["checkpoint"].endswith(str(SHIPPED_CHECKPOINT))
+    assert any("fastv_all_rows keep 0.25" in message and "sim_reach.yaml" in message for message in plan.messages)
+    # The node command line applies the files in this order, so a -p from the demo still wins.
+    command = plan.nodes[0].command()
+    files = [command[i + 1] for i, arg in enumerate(command) if arg == "--params-file"]
+    assert files == [params_file, shipped]
+    # Naming a checkpoint or a parameter file turns the layer off: you get what you named.
+    own = tmp_path / "mine.yaml"
+    own.write_text(yaml.safe_dump({"vla_pruner_policy": {"ros__parameters": {"prune": {"method": "divprune"}}}}))
+    for values in ({"checkpoint": overrides["checkpoint"]}, {"params_file": str(own)}):
+        parameters = plan_launch(values).nodes[0].parameters
+        assert len(parameters) == 2 and not any(str(p).endswith("sim_reach.yaml") for p in parameters[:-1])
+        assert plan_launch(values).messages == []

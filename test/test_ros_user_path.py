@@ -47,16 +47,18 @@ def test_plain_colcon_install_tree_finds_the_shipped_checkpoint_and_configs(tmp_
         print(default_checkpoint())
         plan = plan_launch({})
         print(plan.nodes[0].parameters[0])
-        print(plan.nodes[0].parameters[1]["robot_config"])
+        print(plan.nodes[0].parameters[-1]["robot_config"])
+        print(plan.nodes[0].parameters[1])
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                             timeout=120, env=_clean_env(PYTHONPATH=str(site), AMENT_PREFIX_PATH=str(prefix)))
     assert result.returncode == 0, result.stderr
-    module, checkpoint, params_file, robot_config = result.stdout.split("\n")[:4]
+    module, checkpoint, params_file, robot_config, shipped = result.stdout.split("\n")[:5]
     assert module.startswith(str(site))  # really the install tree's copy
     assert checkpoint == str(share / "checkpoints" / "xarm6_sim_reach")
     assert params_file == str(share / "config" / "policy.yaml")
     assert robot_config == str(share / "config" / "xarm6.yaml")
+    assert shipped == str(share / "config" / "sim_reach.yaml")  # the shipped policy's own pruning
 
 
 def test_install_tree_without_any_checkpoint_is_refused_in_one_line(tmp_path):

@@ -48,6 +48,9 @@ class LaunchRefused(ValueError):
 
 SHIPPED_CHECKPOINT = Path("checkpoints") / "xarm6_sim_reach"  # installed to share/vla_pruner_ros/
 TINY_CHECKPOINT = Path("artifacts") / "checkpoints" / "tiny"  # written by scripts/setup.sh (checkout only)
+# The pruning settings chosen for the shipped sim policy from its own closed-loop table, layered over
+# params_file when the launch runs that policy by default (see shipped_policy_parameters).
+SHIPPED_POLICY_PARAMS = Path("config") / "sim_reach.yaml"
 
 
 def source_root() -> Path | None:
@@ -181,6 +184,27 @@ def rosbag2_available(storage: str, installed=ros_package_installed, which=shuti
     return bool(which("ros2")) and installed("ros2bag") and installed(plugin)
 
 
+def pruning_in(params_file: str, node_name: str = "vla_pruner_policy") -> dict:
+    """The ``prune:`` block of a policy parameter file ({} when it has none)."""
+    data = yaml.safe_load(Path(params_file).read_text()) or {}
+    return dict(((data.get(node_name) or {}).get("ros__parameters") or {}).get("prune") or {})
+
+
+def shipped_policy_parameters(values: dict[str, str], resolved: dict[str, str]) -> str | None:
+    """config/sim_reach.yaml when the launch runs the shipped sim policy by default (no
+    ``checkpoint:=`` and no ``params_file:=`` given), else None.
+
+    policy.yaml's pruning defaults are the paper's method for a real OFT checkpoint; the shipped sim
+    policy has its own measured best (its 200-episode paired table), so the demo and the sim launch
+    run that. A user who names a checkpoint or a parameter file gets exactly what they named."""
+    if values.get("checkpoint") or values.get("params_file"):
+        return None
+    if Path(resolved["checkpoint"]).parts[-len(SHIPPED_CHECKPOINT.parts):] != SHIPPED_CHECKPOINT.parts:
+        return None  # the tiny fallback checkpoint (no shipped policy here): policy.yaml alone
+    path = package_share() / SHIPPED_POLICY_PARAMS
+    return str(path) if path.is_file() else None
+
+
 def resolve_arguments(values: dict[str, str]) -> dict[str, str]:
     """Launch argument values with defaults filled in and unknown names refused."""
     unknown = set(values) - set(LAUNCH_ARGUMENTS)
@@ -216,13 +240,12 @@ def plan_launch(values: dict[str, str], installed=ros_package_installed, which=s
     autostart = _truthy(args["autostart"]) if args["autostart"] else use_sim
     rviz = _truthy(args["rviz"])
     record = _truthy(args["record"])
-    policy_parameters: list = [args["params_file"], {
-        "checkpoint": args["checkpoint"],
-        "robot_config": args["robot_config"],
-        "autostart": autostart,
-    }]
+    # Parameter files first, then the launch's own values (ROS applies them in order: last wins).
+    overrides = {"checkpoint": args["checkpoint"], "robot_config": args["robot_config"], "autostart": autostart}
     if args["instruction"]:
-        policy_parameters[1]["instruction"] = args["instruction"]
+        overrides["instruction"] = args["instruction"]
+    shipped = shipped_policy_parameters(values, args)
+    policy_parameters: list = [args["params_file"], *([shipped] if shipped else []), overrides]
     nodes = [NodeSpec("policy_node", "vla_pruner_policy", policy_parameters)]
     includes: list[IncludeSpec] = []
     if use_sim:
@@ -257,6 +280,10 @@ def plan_launch(values: dict[str, str], installed=ros_package_installed, which=s
         raise LaunchRefused(f"{option} needs the ROS 2 package {package}, which is not installed{more}; "
                             f"nothing was started. Install it ({hint}) or leave the option out")
     plan = LaunchPlan(nodes, includes, None, None)
+    if shipped:
+        prune = pruning_in(shipped)
+        plan.messages.append(f"shipped sim policy: pruning {prune.get('method', '?')} keep {prune.get('keep_ratio', '?')} "
+                             f"from {SHIPPED_POLICY_PARAMS} (its closed-loop table; pass params_file:= to choose)")
     if record:
         topics = record_topics()
         if rosbag2_available(storage, installed, which):

@@ -108,7 +108,7 @@ def run(args) -> int:
         print(f"[demo] error: {error}", file=sys.stderr)
         return 2
     policy_spec = next(spec for spec in plan.nodes if spec.executable == "policy_node")
-    overrides = policy_spec.parameters[1]
+    overrides = policy_spec.parameters[-1]  # the launch's own values come after the parameter files
     if args.method:
         overrides["prune.method"] = args.method
     if args.keep_ratio is not None:
@@ -125,6 +125,8 @@ def run(args) -> int:
     checkpoint = overrides["checkpoint"]
     print(f"[demo] simulated xArm6 + cameras + policy node; checkpoint: {checkpoint}")
     print(f"[demo] node logs: {log_dir}/<node>.log")
+    for message in plan.messages:
+        print(f"[demo] {message}")
     if overrides.get("dtype", "auto") == "auto" and overrides.get("device", "auto") in ("auto", "cpu"):
         from vla_pruner_ros.model.precision import resolve_dtype
 

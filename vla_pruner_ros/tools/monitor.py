@@ -39,6 +39,10 @@ class DemoMonitor(Node):
         self._input_ages: list[float] = []  # ms: oldest input of a step when its stats arrive here
         self._holds = 0  # diagnostics that went to ERROR (a held step: stale or bad input)
         self._steps = 0
+        self._step_index = -1  # of the last stats message
+        # Per instruction: the first step at which eval-sim's success test held, and the closest pass.
+        self._reached_at: int | None = None
+        self._closest: tuple[float, str] | None = None  # (horizontal distance m, cube colour)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(PrunerStats, f"/{policy_node}/stats", self._on_stats, reliable)
         self.create_subscription(JointState, "/joint_states", self._on_joints, qos_profile_sensor_data)
@@ -54,6 +58,8 @@ class DemoMonitor(Node):
         print(f"[demo] instruction -> {text!r}")
 
     def _on_instruction(self, msg: String) -> None:
+        if msg.data != self._instruction:
+            self._reached_at, self._closest = None, None
         self._instruction = msg.data
 
     def _on_joints(self, msg: JointState) -> None:
@@ -71,12 +77,18 @@ class DemoMonitor(Node):
         tcp = self._kinematics.tcp_pose(self._joints)[:3, 3]
         horizontal = float(np.linalg.norm(tcp[:2] - cube.position[:2]))
         height = float(tcp[2] - cube.top)
-        done = "  reached" if success(tcp, self._scene, cube.colour, "above") else ""
+        reached = success(tcp, self._scene, cube.colour, "above")
+        done = "  reached" if reached else ""
+        if reached and self._reached_at is None:
+            self._reached_at = self._step_index
+        if self._closest is None or horizontal < self._closest[0]:
+            self._closest = (horizontal, cube.colour)
         return f" | {cube.colour} cube: {horizontal * 100:5.1f} cm away, {height * 100:5.1f} cm above{done}"
 
     def _on_stats(self, msg: PrunerStats) -> None:
         fields = stats_to_fields(msg)
         self._steps += 1
+        self._step_index = int(fields.get("step_index", self._steps - 1))
         if not fields["warmup"]:
             self._latencies.append(fields["total_ms"])
         if msg.input_stamps:
@@ -96,6 +108,17 @@ class DemoMonitor(Node):
                 print(f"[policy {level}] {status.message}", flush=True)
 
     def print_summary(self) -> None:
+        if self._closest is not None:
+            from vla_pruner_ros.sim.task import SUCCESS_REGIONS
+
+            distance, colour = self._closest
+            radius = f"{SUCCESS_REGIONS['above'].max_horizontal * 100:g} cm"
+            if self._reached_at is not None:
+                print(f"[demo] target reached: the {colour} cube at step {self._reached_at} (gripper within {radius} "
+                      f"at hover height, eval-sim's success test); closest {distance * 100:.1f} cm")
+            else:
+                print(f"[demo] target not reached: closest {distance * 100:.1f} cm from the {colour} cube "
+                      f"(success: within {radius} at hover height)")
         if self._latencies:
             print(f"[demo] {self._steps} steps; policy latency after warm-up: median "
                   f"{statistics.median(self._latencies):.1f} ms (min {min(self._latencies):.1f}, "
