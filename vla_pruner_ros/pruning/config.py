@@ -1,15 +1,23 @@
-"""Configuration of a visual-token pruner.
+"""Configuration of a visual-token pruner, and the one place its settings are defined.
 
 `PrunerConfig` is a frozen dataclass that validates itself on construction: every bad field
 raises a `ValueError` that names the field, the value it got and what is allowed.  Use
 `config.replace(keep_ratio=0.25)` to derive a changed (and re-validated) copy.
+
+Each field is declared with `setting(default, description, range / choices, ...)`.  That
+declaration is the only definition of the setting: `pruner_settings()` reads it back, and from it
+come PrunerConfig's own checks, the policy node's `prune.*` parameters (name, type, default,
+description, range, choices: `control/params.py`), the command-line options of replay / eval-sim /
+premise (`tools/_arguments.py`) and the check of `config/policy.yaml`.  Adding an option is one
+field here (plus its use in the pruner).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple, Union
 
 from .registry import method_names
 
@@ -17,7 +25,10 @@ SMOOTHING_KINDS = ("window", "ema")
 UNOBSERVED_POLICIES = ("zero", "carry")
 ACTION_SOURCES = ("temporal", "current", "fused")  # where VLA-Pruner's action level comes from
 SHIFT_FALLBACKS = ("off", "current", "widen")  # what a step does when a shift is detected
-_MAX_SEED = 2**63 - 1
+MAX_SEED = 2**31 - 1  # what every seeded generator takes, and what the node publishes (int64 range is wider)
+MAX_LAYER = 128  # ROS integer parameters need an upper bound; the model's depth is checked in plan()
+
+_METADATA_KEY = "vla_pruner_setting"
 
 
 def _is_int(value) -> bool:
@@ -29,12 +40,86 @@ def _is_real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_unit_interval(name: str, value, low_open: bool = False) -> None:
-    """value in [0, 1], or in (0, 1] when low_open (NaN fails every comparison, so it is rejected)."""
-    in_range = _is_real(value) and (0.0 < value <= 1.0 if low_open else 0.0 <= value <= 1.0)
-    if not in_range:
-        low = "(0" if low_open else "[0"
-        raise ValueError(f"PrunerConfig.{name}={value!r} is invalid: expected a number in {low}, 1]")
+def _number(value) -> str:
+    return str(value) if _is_int(value) else f"{value:g}"
+
+
+def setting(default: Any, description: str, *, minimum: Union[int, float, None] = None,
+            maximum: Union[int, float, None] = None, exclusive_minimum: bool = False,
+            choices: Union[Tuple[str, ...], Callable[[], Tuple[str, ...]], None] = None,
+            ros_name: Optional[str] = None, node: bool = True):
+    """A PrunerConfig field with what it means and accepts (see `Setting`).
+
+    `minimum`/`maximum` are inclusive bounds (`exclusive_minimum`: the lower one is not); both or
+    neither.  `choices` may be a function, for lists that are only known later (the registered
+    methods).  `ros_name` is the policy node's parameter (default ``prune.<field>``); `node=False`
+    keeps a field off the node's parameters."""
+    if (minimum is None) != (maximum is None):
+        raise ValueError(f"setting {description!r}: give both minimum and maximum, or neither")
+    return dataclasses.field(default=default, metadata={_METADATA_KEY: dict(
+        description=description, minimum=minimum, maximum=maximum, exclusive_minimum=exclusive_minimum,
+        choices=choices, ros_name=ros_name, node=node)})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One PrunerConfig field as declared: read with `pruner_settings()`."""
+
+    name: str  # the PrunerConfig field
+    default: Any
+    description: str
+    minimum: Union[int, float, None] = None
+    maximum: Union[int, float, None] = None
+    exclusive_minimum: bool = False
+    choices_from: Union[Tuple[str, ...], Callable[[], Tuple[str, ...]], None] = None
+    ros_name: Optional[str] = None  # the policy node's parameter; None: not one
+    node: bool = True
+
+    @property
+    def kind(self) -> Optional[type]:
+        """bool, int, float or str; None for the layer tuples (not scalar, checked by PrunerConfig)."""
+        return None if self.default is None else type(self.default)
+
+    @property
+    def choices(self) -> Optional[Tuple[str, ...]]:
+        return tuple(self.choices_from()) if callable(self.choices_from) else self.choices_from
+
+    @property
+    def option(self) -> str:
+        """The command-line option, ``--prune-layer`` for prune_layer."""
+        return "--" + self.name.replace("_", "-")
+
+    def allowed(self) -> str:
+        """What `check` accepts, in words ("an int in [1, 64]", "one of ('window', 'ema')")."""
+        if self.kind is bool:
+            return "True or False"
+        if self.choices is not None:
+            return f"one of {self.choices}"
+        if self.minimum is not None:
+            low = "(" if self.exclusive_minimum else "["
+            what = "an int" if self.kind is int else "a number"
+            return f"{what} in {low}{_number(self.minimum)}, {_number(self.maximum)}]"
+        return f"a {self.kind.__name__}" if self.kind is not None else "a value"
+
+    def check(self, value: Any) -> None:
+        """ValueError "PrunerConfig.<name>=<value> is invalid: expected ..." unless `value` is of the
+        declared type (an int for a float is fine), within the range and among the choices."""
+        if self.kind is None:
+            return  # layer tuples: PrunerConfig checks them (they depend on prune_layer)
+        if self.kind is bool:
+            ok = isinstance(value, bool)
+        elif self.kind is int:
+            ok = _is_int(value)
+        elif self.kind is float:
+            ok = _is_real(value) and math.isfinite(value)
+        else:
+            ok = isinstance(value, self.kind)
+        if ok and self.choices is not None:
+            ok = value in self.choices
+        if ok and self.minimum is not None:  # NaN fails every comparison
+            ok = (value > self.minimum if self.exclusive_minimum else value >= self.minimum) and value <= self.maximum
+        if not ok:
+            raise ValueError(f"PrunerConfig.{self.name}={value!r} is invalid: expected {self.allowed()}")
 
 
 def _check_layer_tuple(name: str, value) -> Optional[Tuple[int, ...]]:
@@ -56,77 +141,69 @@ def _check_layer_tuple(name: str, value) -> Optional[Tuple[int, ...]]:
 class PrunerConfig:
     """What to prune, how much, and where.
 
-    Attributes:
-        method: name of a registered method (see `vla_pruner_ros.pruning.METHODS`).
-        enabled: False runs the model unpruned whatever `method` says (method "none").
-        keep_ratio: fraction r of the M visual tokens to keep, 0 < r <= 1.
-        prune_layer: K; layers 0..K-1 see all tokens, layers K..T-1 only the kept ones (K >= 1,
-            and K < T is checked in `plan()` where T is known).  Paper default: 3.
-        score_layers_vl: 0-based layers whose prefill scores are averaged for selection.  None means
-            (K-1,), "the last layer before pruning" (paper §4.2(c)).  All must be < K.
-        action_layers: 0-based layers whose action-query scores are averaged into S_act.  None means
-            the latter half of the T decoder layers, range(T // 2, T) (paper §4.2(c)).
-        smoothing: "window" (decaying window, Eq. 7) or "ema" (Eq. 6) for the S_act estimate.
-        window: w, the number of past steps the decaying window holds; also the warm-up length.
-        decay: gamma in Eq. 7, in [0, 1].
-        ema_alpha: alpha in Eq. 6, in [0, 1] (weight of the newest observation).
-        unobserved: what a pruned (unobserved) token contributes to the S_act history: "zero" (it
-            received no action attention, the paper's and the authors' behaviour) or "carry" (it keeps
-            its share from the history).  See `temporal.py`.
-        fusion_weight: w in the score_fusion ablation, fused = w * S_vl + (1 - w) * S_act.
-        seed: seed of the `random` method's generator (restarted by `reset()`).
-        action_source: where the action level of `vla_pruner` (and `action_only`, `score_fusion`)
-            comes from: "temporal" (the paper: Ŝ_act from past steps, Eq. 6/7, with warm-up),
-            "current" (this step's action-row attention at the score layers < K: OFT decodes the chunk
-            in parallel, so those rows exist at prefill; no history, no warm-up) or "fused"
-            (current_weight * current + (1 - current_weight) * temporal, both as distributions; the
-            current score alone while the history fills).  See `methods.py`.
-        current_weight: lambda of the "fused" action source, in [0, 1].
-        shift_fallback: shift-aware fallback (Remark 1, `shift.py`): "off", "current" (a step with a
-            detected shift uses the current-step action score; after an instruction change the
-            history refills with pruned current-score steps instead of an unpruned warm-up) or
-            "widen" (a shift step keeps `shift_widen` times more tokens).
-        shift_image_threshold: image change (1 - mean token cosine) above which a step is a shift;
-            0 disables the image signal.
-        shift_overlap_threshold: temporal/current top-k overlap below which a step is a shift; 0
-            disables the overlap signal.
-        shift_widen: budget factor of the "widen" fallback, >= 1.
-        target_ms: latency budget (`budget.py`): > 0 makes the keep ratio follow a per-step target
-            time (keep_ratio is then the upper bound); 0 = off.
-        min_keep_ratio: the lowest keep ratio the latency budget may choose, in (0, 1].
+    Every field is declared below with its description, range and choices (the list of them is
+    appended to this docstring); `pruner_settings()` returns them.
     """
 
-    method: str = "vla_pruner"
-    enabled: bool = True
-    keep_ratio: float = 0.5
-    prune_layer: int = 3
-    score_layers_vl: Optional[Tuple[int, ...]] = None
-    action_layers: Optional[Tuple[int, ...]] = None
-    smoothing: str = "window"
-    window: int = 3
-    decay: float = 0.8
-    ema_alpha: float = 0.5
-    unobserved: str = "zero"
-    fusion_weight: float = 0.5
-    seed: int = 0
-    action_source: str = "temporal"
-    current_weight: float = 0.5
-    shift_fallback: str = "off"
-    shift_image_threshold: float = 0.05
-    shift_overlap_threshold: float = 0.3
-    shift_widen: float = 2.0
-    target_ms: float = 0.0
-    min_keep_ratio: float = 0.1
+    method: str = setting(
+        "vla_pruner", "Pruning method (a registered one; none = unpruned).", choices=method_names)
+    enabled: bool = setting(True, "Prune visual tokens (false: every step runs unpruned, whatever method says).")
+    keep_ratio: float = setting(
+        0.5, "Fraction r of the M visual tokens kept, in (0, 1]; 1 keeps all.",
+        minimum=0.0, maximum=1.0, exclusive_minimum=True)
+    prune_layer: int = setting(
+        3, "LLM layer K where tokens are dropped: layers < K see all tokens, layers >= K only the kept ones; "
+           "must be < the model's layer count (paper: 3).",
+        minimum=1, maximum=MAX_LAYER, ros_name="prune.layer")
+    score_layers_vl: Optional[Tuple[int, ...]] = setting(
+        None, "0-based layers whose prefill scores are averaged for selection; None: (K-1,), the last layer "
+              "before pruning (paper 4.2(c)). All must be < K.", node=False)
+    action_layers: Optional[Tuple[int, ...]] = setting(
+        None, "0-based layers whose action-query scores are averaged into S_act; None: the latter half of the "
+              "T decoder layers, range(T // 2, T) (paper 4.2(c)).", node=False)
+    smoothing: str = setting(
+        "window", "Temporal estimate of action attention: window (decaying window, Eq. 7) or ema (Eq. 6).",
+        choices=SMOOTHING_KINDS)
+    window: int = setting(
+        3, "Steps of action-attention history (decaying window w); also the warm-up length.", minimum=1, maximum=64)
+    decay: float = setting(0.8, "Decay gamma of the window average (Eq. 7).", minimum=0.0, maximum=1.0)
+    ema_alpha: float = setting(
+        0.5, "EMA smoothing factor alpha (Eq. 6): weight of the newest observation.", minimum=0.0, maximum=1.0)
+    unobserved: str = setting(
+        "zero", "What a pruned (unobserved) token adds to the S_act history: zero (it received no action "
+                "attention; the paper's and the authors' behaviour) or carry (its share from the history).",
+        choices=UNOBSERVED_POLICIES, node=False)
+    fusion_weight: float = setting(
+        0.5, "Weight w of prefill scores in the score_fusion ablation: w * S_vl + (1 - w) * S_act.",
+        minimum=0.0, maximum=1.0)
+    seed: int = setting(0, "Seed of the random baseline's generator (restarted on reset).", minimum=0, maximum=MAX_SEED)
+    action_source: str = setting(
+        "temporal", "Action level of vla_pruner (and action_only, score_fusion): temporal (past steps, Eq. 6/7, "
+                    "with warm-up; the paper), current (this step's action rows at the score layers < K; no "
+                    "history, no warm-up) or fused (current_weight * current + (1 - current_weight) * temporal).",
+        choices=ACTION_SOURCES)
+    current_weight: float = setting(
+        0.5, "Weight of the current-step score in action_source fused.", minimum=0.0, maximum=1.0)
+    shift_fallback: str = setting(
+        "off", "On a detected scene/task shift (Remark 1): off, current (that step uses the current-step score; "
+               "a new instruction refills the history pruned) or widen (keep shift_widen x more tokens).",
+        choices=SHIFT_FALLBACKS)
+    shift_image_threshold: float = setting(
+        0.05, "Image change (1 - mean token cosine to the previous step) that counts as a shift; 0 = off.",
+        minimum=0.0, maximum=1.0)
+    shift_overlap_threshold: float = setting(
+        0.3, "Temporal/current top-k overlap below which a step counts as a shift; 0 = off.",
+        minimum=0.0, maximum=1.0)
+    shift_widen: float = setting(2.0, "Budget factor of the widen fallback.", minimum=1.0, maximum=100.0)
+    target_ms: float = setting(
+        0.0, "Latency budget: > 0 picks the keep ratio each step to meet this policy-step time in ms "
+             "(keep_ratio is then the ceiling); 0 = off.", minimum=0.0, maximum=1e6)
+    min_keep_ratio: float = setting(
+        0.1, "Lowest keep ratio the latency budget may choose.", minimum=0.0, maximum=1.0, exclusive_minimum=True)
 
     def __post_init__(self):
-        methods = method_names()
-        if self.method not in methods:
-            raise ValueError(f"PrunerConfig.method={self.method!r} is invalid: expected one of {methods}")
-        if not isinstance(self.enabled, bool):
-            raise ValueError(f"PrunerConfig.enabled={self.enabled!r} is invalid: expected True or False")
-        _check_unit_interval("keep_ratio", self.keep_ratio, low_open=True)
-        if not _is_int(self.prune_layer) or self.prune_layer < 1:
-            raise ValueError(f"PrunerConfig.prune_layer={self.prune_layer!r} is invalid: expected an int >= 1")
+        for declared in pruner_settings(type(self)):
+            declared.check(getattr(self, declared.name))
         score_layers = _check_layer_tuple("score_layers_vl", self.score_layers_vl)
         if score_layers is not None and max(score_layers) >= self.prune_layer:
             raise ValueError(
@@ -135,30 +212,6 @@ class PrunerConfig:
             )
         object.__setattr__(self, "score_layers_vl", score_layers)
         object.__setattr__(self, "action_layers", _check_layer_tuple("action_layers", self.action_layers))
-        if self.smoothing not in SMOOTHING_KINDS:
-            raise ValueError(f"PrunerConfig.smoothing={self.smoothing!r} is invalid: expected one of {SMOOTHING_KINDS}")
-        if not _is_int(self.window) or self.window < 1:
-            raise ValueError(f"PrunerConfig.window={self.window!r} is invalid: expected an int >= 1")
-        _check_unit_interval("decay", self.decay)
-        _check_unit_interval("ema_alpha", self.ema_alpha)
-        if self.unobserved not in UNOBSERVED_POLICIES:
-            raise ValueError(
-                f"PrunerConfig.unobserved={self.unobserved!r} is invalid: expected one of {UNOBSERVED_POLICIES}"
-            )
-        _check_unit_interval("fusion_weight", self.fusion_weight)
-        if not _is_int(self.seed) or not 0 <= self.seed <= _MAX_SEED:
-            raise ValueError(f"PrunerConfig.seed={self.seed!r} is invalid: expected an int in [0, 2**63 - 1]")
-        for name, choices in (("action_source", ACTION_SOURCES), ("shift_fallback", SHIFT_FALLBACKS)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"PrunerConfig.{name}={getattr(self, name)!r} is invalid: expected one of {choices}")
-        for name in ("current_weight", "shift_image_threshold", "shift_overlap_threshold"):
-            _check_unit_interval(name, getattr(self, name))
-        _check_unit_interval("min_keep_ratio", self.min_keep_ratio, low_open=True)
-        if not _is_real(self.shift_widen) or not 1.0 <= self.shift_widen <= 100.0:
-            raise ValueError(f"PrunerConfig.shift_widen={self.shift_widen!r} is invalid: expected a number in [1, 100]")
-        if not _is_real(self.target_ms) or not 0.0 <= self.target_ms < math.inf:
-            raise ValueError(f"PrunerConfig.target_ms={self.target_ms!r} is invalid: expected a finite number >= 0 "
-                             "(0 = no latency budget)")
 
     def replace(self, **changes) -> "PrunerConfig":
         """A copy with `changes` applied, validated like a new config."""
@@ -169,3 +222,32 @@ class PrunerConfig:
         if not _is_int(num_visual_tokens) or num_visual_tokens < 1:
             raise ValueError(f"num_visual_tokens={num_visual_tokens!r} is invalid: expected an int >= 1")
         return max(1, min(num_visual_tokens, math.floor(self.keep_ratio * num_visual_tokens + 0.5)))
+
+
+@functools.lru_cache(maxsize=None)
+def pruner_settings(config_class: type = None) -> Tuple[Setting, ...]:
+    """Every field of PrunerConfig (or of a subclass that adds settings) as declared, in order."""
+    settings = []
+    for field in dataclasses.fields(config_class or PrunerConfig):
+        declared = dict(field.metadata[_METADATA_KEY])
+        node = declared.pop("node")
+        ros_name = (declared.pop("ros_name") or f"prune.{field.name}") if node else None
+        declared.pop("ros_name", None)
+        choices = declared.pop("choices")
+        settings.append(Setting(name=field.name, default=field.default, ros_name=ros_name, node=node,
+                                choices_from=choices, **declared))
+    return tuple(settings)
+
+
+def pruner_setting(name: str, config_class: type = None) -> Setting:
+    """The declaration of PrunerConfig field `name` (KeyError when there is none)."""
+    for declared in pruner_settings(config_class):
+        if declared.name == name:
+            return declared
+    raise KeyError(name)
+
+
+PrunerConfig.__doc__ += "\n    Attributes:\n" + "".join(
+    f"        {s.name}: {s.description} Default {s.default!r}"
+    + ("" if s.kind in (None, str) and not isinstance(s.choices_from, tuple) else f"; {s.allowed()}") + ".\n"
+    for s in pruner_settings())
