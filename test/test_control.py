@@ -52,16 +52,16 @@ def test_a_change_set_is_applied_whole_or_not_at_all():
     settings = NodeSettings()
     with pytest.raises(ValueError):
         apply_parameter_changes(settings, {"prune.keep_ratio": 0.125, "prune.window": 0})
-    assert settings.keep_ratio == 0.25  # frozen: nothing half-applied
+    assert settings.pruner.keep_ratio == 0.25  # frozen: nothing half-applied
     new = apply_parameter_changes(settings, {"prune.keep_ratio": 0.125, "prune.window": 5, "control_rate": 20})
-    assert (new.keep_ratio, new.window, new.control_rate) == (0.125, 5, 20.0)
+    assert (new.pruner.keep_ratio, new.pruner.window, new.control_rate) == (0.125, 5, 20.0)
     assert new.pruner_config().keep_ratio == 0.125 and new.pruner_config().window == 5
 
 
 def test_prune_layer_is_bounded_by_the_model_depth():
     with pytest.raises(ValueError, match="must be < the model's 4 LLM layers"):
         apply_parameter_changes(NodeSettings(), {"prune.layer": 4}, num_layers=4)
-    assert apply_parameter_changes(NodeSettings(), {"prune.layer": 3}, num_layers=4).prune_layer == 3
+    assert apply_parameter_changes(NodeSettings(), {"prune.layer": 3}, num_layers=4).pruner.prune_layer == 3
 
 
 def test_every_parameter_default_is_valid_and_names_are_unique():
@@ -88,7 +88,7 @@ def test_policy_yaml_holds_valid_values_for_every_live_parameter():
     values = dict(flat("", data))
     live = {spec.name: values[spec.name] for spec in PARAMETERS}  # KeyError if one is missing
     settings = apply_parameter_changes(NodeSettings(), live)
-    assert settings.prune_method == "vla_pruner" and settings.window == 3 and settings.decay == 0.8
+    assert settings.pruner.method == "vla_pruner" and settings.pruner.window == 3 and settings.pruner.decay == 0.8
 
 
 # --- robot config -------------------------------------------------------------------------------

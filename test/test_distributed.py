@@ -240,12 +240,14 @@ def replay_cli(checkpoint, bags, out, *extra):
 def test_replay_units_equal_run_replay(replay_setup):
     from vla_pruner_ros.control.robot_config import load_robot_config
     from vla_pruner_ros.model import load_policy
+    from vla_pruner_ros.pruning import PrunerConfig
     from vla_pruner_ros.replay import ReplayConfig, run_replay
     from vla_pruner_ros.replay.runs import PolicySource, ReplayWork, SpecRun, TimelineSource, assemble, replay_units
     from vla_pruner_ros.distributed.sink import decode, encode
 
     checkpoint, bags, _ = replay_setup
-    robot, config = load_robot_config(), ReplayConfig(methods=("vla_pruner",), keep_ratios=(0.5,), window=2)
+    robot, config = load_robot_config(), ReplayConfig(methods=("vla_pruner",), keep_ratios=(0.5,),
+                                                 pruner=PrunerConfig(keep_ratio=0.25, window=2))
     source = TimelineSource(str(bags[0]))
     timeline = source.load(robot)
     plain = run_replay(load_policy(checkpoint), robot, timeline, config)

@@ -322,7 +322,8 @@ def test_runner_stats_fill_every_new_pruner_stats_field(tiny_checkpoint):
     rng = np.random.default_rng(0)
     size = policy.config.image_size
     images = {v: rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for v in policy.view_names}
-    settings = NodeSettings(keep_ratio=0.5, prune_layer=1, window=1, shift_fallback="current", target_ms=1e5)
+    settings = NodeSettings(pruner=PrunerConfig(keep_ratio=0.5, prune_layer=1, window=1, shift_fallback="current",
+                                           target_ms=1e5))
     results = []
     for instruction in ("pick up the cube", "pick up the cube", "put it down"):
         observation = Observation(images, np.zeros(len(robot.joints)), 0.0, instruction, 0.0)

@@ -72,8 +72,9 @@ def test_run_specs_put_the_unpruned_reference_first():
     ({"methods": ("fastv", "fastv")}, "has duplicates"),
     ({"keep_ratios": (0.5, 0.0)}, r"keep_ratios: \[0.0\] outside \(0, 1\]"),
     ({"keep_ratios": (0.5, 0.5)}, "has duplicates"),
-    ({"window": 0}, "PrunerConfig.window=0"),
-    ({"decay": 1.5}, "PrunerConfig.decay=1.5"),
+    ({"methods": ("vla_pruner:window=0",)}, "PrunerConfig.window=0"),
+    ({"methods": ("vla_pruner:decay=1.5",)}, "PrunerConfig.decay=1.5"),
+    ({"pruner": "window=2"}, "pruner: expected an enabled PrunerConfig"),
     ({"analysis_layers": "first"}, "analysis_layers='first'"),
 ])
 def test_replay_config_names_the_bad_field(changes, message):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vla_pruner_ros.control.params import NodeSettings
+from vla_pruner_ros.control.params import NODE_PRUNER, NodeSettings
 from vla_pruner_ros.control.robot_config import load_robot_config
 from vla_pruner_ros.control.runner import PolicyRunner
 from vla_pruner_ros.model import load_policy, make_checkpoint
@@ -41,7 +41,7 @@ def timeline(tmp_path_factory):
 
 
 def test_temporal_state_is_carried_exactly_as_an_online_loop(checkpoint, timeline):
-    config = ReplayConfig(methods=("vla_pruner",), keep_ratios=(0.25, 0.5), window=2)
+    config = ReplayConfig(methods=("vla_pruner",), keep_ratios=(0.25, 0.5), pruner=NODE_PRUNER.replace(window=2))
     calls = []
     result = run_replay(load_policy(checkpoint), ROBOT, timeline, config,
                         progress=lambda spec, step: calls.append((spec.name, step)))
@@ -50,7 +50,7 @@ def test_temporal_state_is_carried_exactly_as_an_online_loop(checkpoint, timelin
     # The node's loop, on a fresh policy: one runner, the same settings every step, nothing reset by hand.
     for ratio in (0.25, 0.5):
         runner = PolicyRunner(load_policy(checkpoint), ROBOT)
-        settings = NodeSettings(prune_method="vla_pruner", keep_ratio=ratio, window=2)
+        settings = NodeSettings(pruner=NODE_PRUNER.replace(method="vla_pruner", keep_ratio=ratio, window=2))
         online = [runner.step(step.observation, settings) for step in timeline.steps]
         rows = result.rows_of(f"vla_pruner@{ratio:g}")
         # warm-up restarts with the second instruction: two unpruned steps in each episode
@@ -66,7 +66,7 @@ def test_temporal_state_is_carried_exactly_as_an_online_loop(checkpoint, timelin
 def test_the_analysis_reads_the_prefill_scores_the_pruner_uses(checkpoint, timeline):
     """prefill_only keeps Top-M~(S_vl at layer K-1): the analysis' S_vl must rank the same way."""
     policy = load_policy(checkpoint)
-    config = ReplayConfig(methods=("prefill_only",), keep_ratios=(0.25,), prune_layer=2)
+    config = ReplayConfig(methods=("prefill_only",), keep_ratios=(0.25,), pruner=NODE_PRUNER.replace(prune_layer=2))
     result = run_replay(policy, ROBOT, timeline, config)
     assert result.layers.score_layers == (1,) and result.layers.action_layers == (3, 4, 5)
     budget = round(0.25 * result.s_vl.shape[1])
@@ -99,4 +99,4 @@ def test_the_keep_everything_forward_is_the_unpruned_policy(checkpoint, timeline
 
 def test_a_prune_layer_beyond_the_model_is_refused(checkpoint, timeline):
     with pytest.raises(ValueError, match="prune_layer=6: the model has 6 LLM layers"):
-        run_replay(load_policy(checkpoint), ROBOT, timeline, ReplayConfig(methods=("fastv",), prune_layer=6))
+        run_replay(load_policy(checkpoint), ROBOT, timeline, ReplayConfig(methods=("fastv",), pruner=NODE_PRUNER.replace(prune_layer=6)))

@@ -316,4 +316,4 @@ def test_empty_joint_states_are_refused_and_foreign_ones_named_when_nothing_else
 def test_float_parameters_take_integers():
     assert {"prune.keep_ratio", "control_rate", "max_joint_velocity"} <= FLOAT_PARAMETERS
     assert "prune.window" not in FLOAT_PARAMETERS
-    assert apply_parameter_changes(NodeSettings(), {"prune.keep_ratio": 1}).keep_ratio == 1.0
+    assert apply_parameter_changes(NodeSettings(), {"prune.keep_ratio": 1}).pruner.keep_ratio == 1.0

@@ -8,14 +8,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..pruning import METHODS, PrunerConfig
+from ..pruning import PrunerConfig
+from ..pruning.config import pruner_settings
 from .inputs import clean_instruction
 
 
 @dataclass(frozen=True)
 class ParameterSpec:
     name: str  # ROS parameter name
-    field: str  # attribute of NodeSettings it sets
+    field: str  # attribute of NodeSettings it sets, or "pruner.<PrunerConfig field>"
     default: Any
     description: str
     minimum: float | None = None  # inclusive bounds, also published in the descriptor
@@ -25,28 +26,20 @@ class ParameterSpec:
     read_only: bool = False
 
 
+# The node's pruner at start-up: PrunerConfig's defaults, except keep_ratio 0.25 (the node's default
+# since its first version, and the ratio the README's demo and evaluations run) instead of 0.5.
+# The only place a node default differs from PrunerConfig's.
+NODE_PRUNER = PrunerConfig(keep_ratio=0.25)
+
+
 @dataclass(frozen=True)
 class NodeSettings:
-    """Everything the node can change live. Defaults match config/policy.yaml."""
+    """Everything the node can change live. Defaults match config/policy.yaml.
 
-    prune_enabled: bool = True
-    prune_method: str = "vla_pruner"
-    keep_ratio: float = 0.25
-    prune_layer: int = 3
-    window: int = 3
-    decay: float = 0.8
-    smoothing: str = "window"
-    ema_alpha: float = 0.5
-    fusion_weight: float = 0.5
-    seed: int = 0
-    action_source: str = "temporal"  # issue 17: the PrunerConfig fields of the same names
-    current_weight: float = 0.5
-    shift_fallback: str = "off"
-    shift_image_threshold: float = 0.05
-    shift_overlap_threshold: float = 0.3
-    shift_widen: float = 2.0
-    target_ms: float = 0.0
-    min_keep_ratio: float = 0.1
+    ``pruner`` holds the ``prune.*`` parameters (one per PrunerConfig field declared for the node,
+    see ``pruner_parameters``); the other fields are the node's own."""
+
+    pruner: PrunerConfig = NODE_PRUNER
     control_rate: float = 10.0
     actions_per_step: int = 4
     max_input_age: float = 0.5
@@ -56,26 +49,7 @@ class NodeSettings:
     max_image_pixels: int = 4_194_304
 
     def pruner_config(self) -> PrunerConfig:
-        return PrunerConfig(
-            method=self.prune_method,
-            enabled=self.prune_enabled,
-            keep_ratio=self.keep_ratio,
-            prune_layer=self.prune_layer,
-            window=self.window,
-            decay=self.decay,
-            smoothing=self.smoothing,
-            ema_alpha=self.ema_alpha,
-            fusion_weight=self.fusion_weight,
-            seed=self.seed,
-            action_source=self.action_source,
-            current_weight=self.current_weight,
-            shift_fallback=self.shift_fallback,
-            shift_image_threshold=self.shift_image_threshold,
-            shift_overlap_threshold=self.shift_overlap_threshold,
-            shift_widen=self.shift_widen,
-            target_ms=self.target_ms,
-            min_keep_ratio=self.min_keep_ratio,
-        )
+        return self.pruner
 
     @property
     def control_period(self) -> float:
@@ -87,44 +61,26 @@ class NodeSettings:
         return self.actions_per_step / self.control_rate
 
 
+PRUNER_FIELD = "pruner."  # ParameterSpec.field prefix of the prune.* parameters
+
+
+def pruner_parameters(base: PrunerConfig = NODE_PRUNER) -> tuple[ParameterSpec, ...]:
+    """A parameter per PrunerConfig field declared for the node (``pruning.config.setting``): its
+    name, description, range and choices as declared there, its default from ``base``."""
+    specs = []
+    for declared in pruner_settings(type(base)):
+        if declared.ros_name is None:
+            continue
+        kind = declared.kind
+        bounds = (None, None) if declared.minimum is None else (kind(declared.minimum), kind(declared.maximum))
+        specs.append(ParameterSpec(declared.ros_name, PRUNER_FIELD + declared.name, getattr(base, declared.name),
+                                   declared.description, *bounds, exclusive_minimum=declared.exclusive_minimum,
+                                   choices=declared.choices))
+    return tuple(specs)
+
+
 PARAMETERS: tuple[ParameterSpec, ...] = (
-    ParameterSpec("prune.enabled", "prune_enabled", True, "Prune visual tokens (false: every step runs unpruned)."),
-    ParameterSpec("prune.method", "prune_method", "vla_pruner",
-                  f"Pruning method, one of: {', '.join(METHODS)}.", choices=tuple(METHODS)),
-    ParameterSpec("prune.keep_ratio", "keep_ratio", 0.25,
-                  "Fraction of visual tokens kept, in (0, 1]; 1 keeps all.", 0.0, 1.0, exclusive_minimum=True),
-    ParameterSpec("prune.layer", "prune_layer", 3,
-                  "LLM layer K where tokens are dropped (layers < K see all); must be < the model's layer count.",
-                  1, 128),
-    ParameterSpec("prune.window", "window", 3,
-                  "Steps of action-attention history (decaying window w); also the warm-up length.", 1, 64),
-    ParameterSpec("prune.decay", "decay", 0.8, "Decay gamma of the window average (Eq. 7).", 0.0, 1.0),
-    ParameterSpec("prune.smoothing", "smoothing", "window",
-                  "Temporal estimate of action attention: window (Eq. 7) or ema (Eq. 6).", choices=("window", "ema")),
-    ParameterSpec("prune.ema_alpha", "ema_alpha", 0.5, "EMA smoothing factor alpha (Eq. 6).", 0.0, 1.0),
-    ParameterSpec("prune.fusion_weight", "fusion_weight", 0.5,
-                  "Weight of prefill scores in the score_fusion ablation.", 0.0, 1.0),
-    ParameterSpec("prune.seed", "seed", 0, "Seed of the random baseline.", 0, 2**31 - 1),
-    ParameterSpec("prune.action_source", "action_source", "temporal",
-                  "Action level of vla_pruner: temporal (past steps, the paper), current (this step's action rows "
-                  "at layer K-1, no warm-up) or fused.", choices=("temporal", "current", "fused")),
-    ParameterSpec("prune.current_weight", "current_weight", 0.5,
-                  "Weight of the current-step score in action_source fused.", 0.0, 1.0),
-    ParameterSpec("prune.shift_fallback", "shift_fallback", "off",
-                  "On a detected scene/task shift: off, current (that step uses the current-step score; a new "
-                  "instruction refills the history pruned) or widen (keep shift_widen x more tokens).",
-                  choices=("off", "current", "widen")),
-    ParameterSpec("prune.shift_image_threshold", "shift_image_threshold", 0.05,
-                  "Image change (1 - mean token cosine to the previous step) that counts as a shift; 0 = off.",
-                  0.0, 1.0),
-    ParameterSpec("prune.shift_overlap_threshold", "shift_overlap_threshold", 0.3,
-                  "Temporal/current top-k overlap below which a step counts as a shift; 0 = off.", 0.0, 1.0),
-    ParameterSpec("prune.shift_widen", "shift_widen", 2.0, "Budget factor of the widen fallback.", 1.0, 100.0),
-    ParameterSpec("prune.target_ms", "target_ms", 0.0,
-                  "Latency budget: > 0 picks the keep ratio each step to meet this policy-step time (keep_ratio "
-                  "is the ceiling); 0 = off.", 0.0, 1e6),
-    ParameterSpec("prune.min_keep_ratio", "min_keep_ratio", 0.1,
-                  "Lowest keep ratio the latency budget may choose.", 0.0, 1.0, exclusive_minimum=True),
+    *pruner_parameters(),
     ParameterSpec("control_rate", "control_rate", 10.0,
                   "Rate (Hz) of the trajectory points sent to the arm, 1 to 100; the chunk's points are "
                   "1/control_rate apart.", 1.0, 100.0),
@@ -194,7 +150,7 @@ def apply_parameter_changes(
 
     ``num_layers`` (the model's LLM depth) bounds ``prune.layer`` when known.
     """
-    updates = {}
+    updates, pruner_updates = {}, {}
     for name, value in changes.items():
         spec = SPECS_BY_NAME.get(name)
         if spec is None:
@@ -202,15 +158,17 @@ def apply_parameter_changes(
         value = check_value(spec, value)
         if spec.field == "instruction":
             value = check_instruction_change(value, settings.instruction)
-        updates[spec.field] = value
-    new = dataclasses.replace(settings, **updates)
-    if num_layers is not None and new.prune_layer >= num_layers:
-        raise ValueError(f"prune.layer: {new.prune_layer} must be < the model's {num_layers} LLM layers")
+        if spec.field.startswith(PRUNER_FIELD):
+            pruner_updates[spec.field[len(PRUNER_FIELD):]] = value
+        else:
+            updates[spec.field] = value
     try:
-        new.pruner_config()
+        pruner = settings.pruner.replace(**pruner_updates)
     except ValueError as error:  # cross-field constraints live in PrunerConfig
         raise ValueError(str(error)) from None
-    return new
+    if num_layers is not None and pruner.prune_layer >= num_layers:
+        raise ValueError(f"prune.layer: {pruner.prune_layer} must be < the model's {num_layers} LLM layers")
+    return dataclasses.replace(settings, pruner=pruner, **updates)
 
 
 def settings_from_parameters(values: dict[str, Any], num_layers: int | None = None) -> NodeSettings:

@@ -218,8 +218,8 @@ class PolicyNode(Node):
         self.create_timer(0.01, self._tick, callback_group=self._control_group)
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
-            f"ready: {self._settings.prune_method} keep {self._settings.keep_ratio} at layer "
-            f"{self._settings.prune_layer}; motion {'enabled' if self._motion_enabled else 'disabled (call ~/enable_motion)'}")
+            f"ready: {self._settings.pruner.method} keep {self._settings.pruner.keep_ratio} at layer "
+            f"{self._settings.pruner.prune_layer}; motion {'enabled' if self._motion_enabled else 'disabled (call ~/enable_motion)'}")
 
     # --- start-up ----------------------------------------------------------------------------
     def _load_policy(self):
@@ -565,8 +565,8 @@ class PolicyNode(Node):
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: policy", message=message,
                                   hardware_id="xarm6")
         pairs = {
-            "method": settings.prune_method if settings.prune_enabled else "none",
-            "keep_ratio": f"{settings.keep_ratio:g}",
+            "method": settings.pruner.method if settings.pruner.enabled else "none",
+            "keep_ratio": f"{settings.pruner.keep_ratio:g}",
             "motion": "enabled" if self._motion_enabled else "disabled",
             "steps": str(self._steps_done),
             "failed_steps": str(self._failed_steps),

@@ -18,7 +18,8 @@ from .config import PrunerConfig
 from .registry import method_names
 
 # fields a variant may not set: they are what the method name and the keep-ratio list already say
-_RESERVED = ("method", "keep_ratio", "enabled")
+# (nor are they command-line options: tools/_arguments.py)
+RESERVED = ("method", "keep_ratio", "enabled")
 
 
 def _typed(field: str, text: str, default: Any) -> Any:
@@ -45,9 +46,9 @@ def split_method(name: str) -> Tuple[str, Dict[str, Any]]:
     overrides: Dict[str, Any] = {}
     for part in parts:
         field, sep, text = part.partition("=")
-        if not sep or field not in defaults or field in _RESERVED:
+        if not sep or field not in defaults or field in RESERVED:
             raise ValueError(f"{name!r}: {part!r} is not FIELD=VALUE with a PrunerConfig field other than "
-                             f"{', '.join(_RESERVED)}")
+                             f"{', '.join(RESERVED)}")
         try:
             overrides[field] = _typed(field, text, defaults[field])
         except ValueError as error:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -138,8 +139,9 @@ def summarize(result: ReplayResult, timeline: ReplayTimeline, config: ReplayConf
             "skipped_messages": timeline.skipped_messages,
         },
         "settings": {"methods": list(config.methods), "keep_ratios": list(config.keep_ratios),
-                     "prune_layer": config.prune_layer, "window": config.window, "decay": config.decay,
-                     "smoothing": config.smoothing, "ema_alpha": config.ema_alpha, "seed": config.seed,
+                     **{name: list(value) if isinstance(value, tuple) else value  # the shared PrunerConfig
+                        for name, value in dataclasses.asdict(config.pruner).items()
+                        if name not in ("method", "keep_ratio", "enabled")},
                      "analysis_layers": config.analysis_layers},
         "runs": runs,
         "analysis": {"fig2_topk_overlap": fig2, "fig11_pool_ratio": fig11},

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..control.params import NodeSettings
+from ..control.params import NODE_PRUNER, NodeSettings
 from ..control.robot_config import RobotConfig
 from ..control.runner import PolicyRunner, view_grids
-from ..pruning import METHODS
+from ..pruning import METHODS, PrunerConfig
 from ..pruning.variants import split_method
 from .attention import ANALYSIS_LAYERS, AttentionLayers, analysis_layers, unpruned_attention
 from .metrics import OVERLAP_FRACTIONS, action_deviation, fraction_label, overlap_series
@@ -36,13 +36,9 @@ class ReplayConfig:
 
     methods: tuple[str, ...] = ("none", "fastv", "vla_pruner")
     keep_ratios: tuple[float, ...] = (0.5, 0.25, 0.125)
-    # The node's defaults, so that a replay runs what the node runs unless told otherwise.
-    prune_layer: int = NodeSettings.prune_layer
-    window: int = NodeSettings.window
-    decay: float = NodeSettings.decay
-    smoothing: str = NodeSettings.smoothing
-    ema_alpha: float = NodeSettings.ema_alpha
-    seed: int = NodeSettings.seed
+    # The settings every run shares (its method and keep ratio come from the lists above, a variant's
+    # fields from its name): the node's, so that a replay runs what the node runs unless told otherwise.
+    pruner: PrunerConfig = NODE_PRUNER
     analysis_layers: str = "pruner"  # see attention.analysis_layers
 
     def __post_init__(self):
@@ -66,8 +62,9 @@ class ReplayConfig:
             raise ValueError(f"analysis_layers={self.analysis_layers!r}: expected one of {', '.join(ANALYSIS_LAYERS)}")
         object.__setattr__(self, "methods", methods)
         object.__setattr__(self, "keep_ratios", tuple(float(r) for r in ratios))
-        for spec in run_specs(self):  # PrunerConfig names a bad window/decay/layer/...
-            spec.settings.pruner_config()
+        if not isinstance(self.pruner, PrunerConfig) or not self.pruner.enabled:
+            raise ValueError(f"pruner: expected an enabled PrunerConfig, got {self.pruner!r}")
+        run_specs(self)  # PrunerConfig names a bad variant field
 
 
 @dataclass(frozen=True)
@@ -84,17 +81,19 @@ class RunSpec:
 
 def run_specs(config: ReplayConfig) -> list[RunSpec]:
     """The unpruned reference first, then every other method x keep ratio."""
-    base = NodeSettings(prune_layer=config.prune_layer, window=config.window, decay=config.decay,
-                        smoothing=config.smoothing, ema_alpha=config.ema_alpha, seed=config.seed,
-                        publish_overlays=False)
-    specs = [RunSpec(REFERENCE, REFERENCE, 1.0, dataclasses.replace(base, prune_method=REFERENCE, keep_ratio=1.0))]
+    base = NodeSettings(pruner=config.pruner, publish_overlays=False)
+
+    def settings(**changes) -> NodeSettings:
+        return dataclasses.replace(base, pruner=base.pruner.replace(**changes))
+
+    specs = [RunSpec(REFERENCE, REFERENCE, 1.0, settings(method=REFERENCE, keep_ratio=1.0))]
     for method in config.methods:
         if method == REFERENCE:
             continue
         for ratio in config.keep_ratios:
-            name, overrides = split_method(method)  # NodeSettings names the variant fields alike
-            settings = dataclasses.replace(base, prune_method=name, keep_ratio=ratio, **overrides)
-            specs.append(RunSpec(f"{method}@{ratio:g}", method, ratio, settings))
+            name, overrides = split_method(method)  # PrunerConfig fields
+            specs.append(RunSpec(f"{method}@{ratio:g}", method, ratio, settings(method=name, keep_ratio=ratio,
+                                                                                **overrides)))
     return specs
 
 
@@ -154,10 +153,11 @@ class SpecRun:
 
 def check_layers(config: ReplayConfig, num_layers: int) -> AttentionLayers:
     """The analysis layers, after checking that the prune layer K exists in the model."""
-    if not 1 <= config.prune_layer < num_layers:
-        raise ValueError(f"prune_layer={config.prune_layer}: the model has {num_layers} LLM layers, "
+    layer = config.pruner.prune_layer
+    if not 1 <= layer < num_layers:
+        raise ValueError(f"prune_layer={layer}: the model has {num_layers} LLM layers, "
                          f"so K must be in 1..{num_layers - 1}")
-    return analysis_layers(config.analysis_layers, num_layers, config.prune_layer)
+    return analysis_layers(config.analysis_layers, num_layers, layer)
 
 
 def warm_up(policy, robot: RobotConfig, timeline: ReplayTimeline) -> None:
@@ -315,7 +315,7 @@ def same_pruner_settings(online: dict, spec: RunSpec) -> bool:
     fields of the message compared with a tolerance)."""
     if spec.is_reference or online["method"] == REFERENCE:
         return spec.is_reference and online["method"] == REFERENCE
-    settings = spec.settings
+    settings = spec.settings.pruner
     return (online["method"] == spec.method and abs(online["keep_ratio"] - spec.keep_ratio) < 1e-6
             and online["prune_layer"] == settings.prune_layer and online["smoothing"] == settings.smoothing
             and online["window"] == settings.window and abs(online["decay"] - settings.decay) < 1e-6)

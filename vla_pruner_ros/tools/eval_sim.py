@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ._arguments import keep_ratio_list, method_list
+from ._arguments import add_pruner_arguments, keep_ratio_list, method_list
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="first scene seed (scenes seed .. seed+episodes-1)")
     parser.add_argument("--actions-per-step", type=int, default=4, help="chunk points executed per policy step")
     parser.add_argument("--max-joint-velocity", type=float, default=1.0, help="rad/s, as the policy node")
-    parser.add_argument("--prune-layer", type=int, default=3, help="K")
-    parser.add_argument("--window", type=int, default=3, help="VLA-Pruner's window w (= warm-up steps)")
+    # the PrunerConfig fields EvalConfig takes (the others: a variant, --methods vla_pruner:decay=0.5)
+    add_pruner_arguments(parser, ("prune_layer", "window"))
     parser.add_argument("--no-expert", action="store_true", help="skip the expert's success rate")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "auto"), default="float32",

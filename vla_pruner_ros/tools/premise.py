@@ -17,6 +17,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from ._arguments import add_pruner_arguments
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -32,8 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=32,
                         help="visual tokens whose causal importance is measured per step (0 = all of them)")
     parser.add_argument("--keep", type=float, default=0.25, help="keep ratio of the top-k recall and the direct test")
-    parser.add_argument("--prune-layer", type=int, default=3, help="K: scores at K-1, tokens dropped entering K")
-    parser.add_argument("--window", type=int, default=3, help="w of the temporal S_act estimate")
+    add_pruner_arguments(parser, ("prune_layer", "window", "decay"))  # what PremiseProbe takes of PrunerConfig
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "auto"), default="float32",
                         help="model dtype (default float32: bf16 rounding would blur single-token effects)")
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(checkpoint, device="cpu", dtype=None if args.dtype == "auto" else args.dtype)
     try:
         probe = PremiseProbe(policy, prune_layer=args.prune_layer, keep_ratio=args.keep,
-                             tokens_per_step=args.tokens, window=args.window, seed=args.seed)
+                             tokens_per_step=args.tokens, window=args.window, decay=args.decay, seed=args.seed)
     except ValueError as error:
         print(f"premise: {error}", file=sys.stderr)
         return 2

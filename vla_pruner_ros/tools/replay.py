@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from vla_pruner_ros.control.params import NodeSettings
+from vla_pruner_ros.tools._arguments import add_pruner_arguments, pruner_config_from_args, pruner_option_names
 
 DEFAULTS = NodeSettings()
 UNITS_FILE = "units.jsonl"
@@ -41,13 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default="none,fastv,vla_pruner",
                         help="comma-separated pruning methods; 'none' (the unpruned reference) always runs")
     parser.add_argument("--keep", default="0.5,0.25,0.125", help="comma-separated keep ratios in (0, 1]")
-    parser.add_argument("--window", type=int, default=DEFAULTS.window,
-                        help="action-attention window w (= warm-up steps)")
-    parser.add_argument("--decay", type=float, default=DEFAULTS.decay, help="decay gamma of the window (Eq. 7)")
-    parser.add_argument("--smoothing", choices=("window", "ema"), default=DEFAULTS.smoothing)
-    parser.add_argument("--ema-alpha", type=float, default=DEFAULTS.ema_alpha)
-    parser.add_argument("--layer", type=int, default=DEFAULTS.prune_layer, help="prune layer K")
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the random method")
+    # every other PrunerConfig field, the node's default (--prune-layer was --layer here, still accepted)
+    add_pruner_arguments(parser, base=DEFAULTS.pruner, aliases={"prune_layer": ("--layer",)})
     parser.add_argument("--step-source", choices=("auto", "stats", "period"), default="auto",
                         help="step times from the recorded /vla_pruner_policy/stats (auto: when recorded) "
                              "or every --step-period seconds")
@@ -126,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
         config = ReplayConfig(
             methods=_csv_list(args.methods, str, "--methods"),
             keep_ratios=_csv_list(args.keep, float, "--keep"),
-            prune_layer=args.layer, window=args.window, decay=args.decay, smoothing=args.smoothing,
-            ema_alpha=args.ema_alpha, seed=args.seed, analysis_layers=args.analysis_layers)
+            pruner=pruner_config_from_args(args, pruner_option_names(), base=DEFAULTS.pruner),
+            analysis_layers=args.analysis_layers)
         sheet_steps = list(_csv_list(args.sheet_steps, int, "--sheet-steps")) if args.sheet_steps else None
         if args.format == "parquet" and not parquet_available():
             raise ValueError("--format parquet needs pyarrow, which is not installed; use --format csv")
