@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,13 +19,13 @@ from vla_pruner_ros.control.params import (
     apply_parameter_changes,
     pruner_parameters,
 )
-from vla_pruner_ros.control.robot_config import default_config_dir
 from vla_pruner_ros.pruning import PrunerConfig
 from vla_pruner_ros.pruning.config import pruner_settings, setting
 from vla_pruner_ros.pruning.variants import split_method
 from vla_pruner_ros.replay import ReplayConfig, run_specs
 from vla_pruner_ros.tools._arguments import add_pruner_arguments, pruner_config_from_args, pruner_option_names
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"  # this checkout's (the colcon share links to it)
 NODE_SETTINGS = [s for s in pruner_settings() if s.ros_name is not None]
 SCALAR_SETTINGS = [s for s in pruner_settings() if s.kind is not None]
 
@@ -133,13 +134,34 @@ def test_the_node_publishes_each_declaration_in_its_parameter_descriptors(tiny_c
 
 
 def test_policy_yaml_holds_exactly_the_node_settings_and_their_defaults():
-    text = (default_config_dir() / "policy.yaml").read_text()
+    text = (CONFIG_DIR / "policy.yaml").read_text()
     prune = yaml.safe_load(text)["vla_pruner_policy"]["ros__parameters"]["prune"]
     in_yaml = {f"prune.{key}": value for key, value in prune.items()}
     derived = {spec.name: spec.default for spec in pruner_parameters(NODE_PRUNER)}
     assert in_yaml.keys() == derived.keys(), "config/policy.yaml's prune: block differs from PrunerConfig's settings"
     for name, value in derived.items():
         assert in_yaml[name] == value and type(in_yaml[name]) is type(value), name
+
+
+def _flat(prefix, mapping):
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            yield from _flat(f"{prefix}{key}.", value)
+        else:
+            yield f"{prefix}{key}", value
+
+
+NODE_PARAMETER_FILES = sorted(p for p in CONFIG_DIR.glob("*.yaml") if "vla_pruner_policy:" in p.read_text())
+
+
+@pytest.mark.parametrize("path", NODE_PARAMETER_FILES, ids=lambda p: p.name)
+def test_every_prune_key_in_a_node_parameter_file_is_a_declared_setting_with_a_valid_value(path):
+    """Overlays such as sim_reach.yaml name settings too: a renamed or removed setting shows here."""
+    assert CONFIG_DIR / "policy.yaml" in NODE_PARAMETER_FILES
+    node = yaml.safe_load(path.read_text())["vla_pruner_policy"]
+    prune = {name: value for name, value in _flat("", node["ros__parameters"]) if name.startswith("prune.")}
+    assert prune.keys() <= {spec.name for spec in pruner_parameters(NODE_PRUNER)}
+    apply_parameter_changes(NodeSettings(), prune)  # ValueError naming a bad value
 
 
 # --- command-line options and variants ----------------------------------------------------------
