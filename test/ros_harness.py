@@ -18,13 +18,17 @@ class RosHarness:
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._nodes = []
         self.error = None
+        self._closing = False
         self._thread.start()
 
     def _spin(self):
         try:
             self.executor.spin()
         except Exception as error:  # a callback raised: make it visible, tests will then time out
-            if rclpy.ok(context=self.context):
+            # A callback still running while close() tears the nodes down may touch a destroyed
+            # handle (InvalidHandle): that is the teardown, not the node under test.
+            closing = self._closing and type(error).__name__ == "InvalidHandle"
+            if rclpy.ok(context=self.context) and not closing:
                 self.error = error
                 import traceback
 
@@ -42,7 +46,9 @@ class RosHarness:
         return self.add(rclpy.create_node(name, context=self.context))
 
     def close(self):
+        self._closing = True
         self.executor.shutdown(timeout_sec=5)
+        self._thread.join(timeout=5)  # spin() has returned before any node is destroyed
         for node in self._nodes:
             node.destroy_node()
         rclpy.try_shutdown(context=self.context)
