@@ -283,7 +283,8 @@ def plan_launch(values: dict[str, str], installed=ros_package_installed, which=s
     if shipped:
         prune = pruning_in(shipped)
         plan.messages.append(f"shipped sim policy: pruning {prune.get('method', '?')} keep {prune.get('keep_ratio', '?')} "
-                             f"from {SHIPPED_POLICY_PARAMS} (its closed-loop table; pass params_file:= to choose)")
+                             f"from {SHIPPED_POLICY_PARAMS}, its closed-loop table's choice (others: params_file:=, or the "
+                             "demo's --method/--keep-ratio)")
     if record:
         topics = record_topics()
         if rosbag2_available(storage, installed, which):
