@@ -72,20 +72,10 @@ def test_every_parameter_default_is_valid_and_names_are_unique():
 
 
 def test_policy_yaml_holds_valid_values_for_every_live_parameter():
-    import yaml
-
+    from vla_pruner_ros.control.launch_logic import node_parameters
     from vla_pruner_ros.control.robot_config import default_config_dir
 
-    data = yaml.safe_load((default_config_dir() / "policy.yaml").read_text())["vla_pruner_policy"]["ros__parameters"]
-
-    def flat(prefix, mapping):
-        for key, value in mapping.items():
-            if isinstance(value, dict):
-                yield from flat(f"{prefix}{key}.", value)
-            else:
-                yield f"{prefix}{key}", value
-
-    values = dict(flat("", data))
+    values = node_parameters(default_config_dir() / "policy.yaml")
     live = {spec.name: values[spec.name] for spec in PARAMETERS}  # KeyError if one is missing
     settings = apply_parameter_changes(NodeSettings(), live)
     assert settings.pruner.method == "vla_pruner" and settings.pruner.window == 3 and settings.pruner.decay == 0.8

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vla_pruner_ros.control.launch_logic import node_parameters
 from vla_pruner_ros.control.params import (
     NODE_PRUNER,
     PARAMETERS,
@@ -143,14 +144,6 @@ def test_policy_yaml_holds_exactly_the_node_settings_and_their_defaults():
         assert in_yaml[name] == value and type(in_yaml[name]) is type(value), name
 
 
-def _flat(prefix, mapping):
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            yield from _flat(f"{prefix}{key}.", value)
-        else:
-            yield f"{prefix}{key}", value
-
-
 NODE_PARAMETER_FILES = sorted(p for p in CONFIG_DIR.glob("*.yaml") if "vla_pruner_policy:" in p.read_text())
 
 
@@ -158,8 +151,8 @@ NODE_PARAMETER_FILES = sorted(p for p in CONFIG_DIR.glob("*.yaml") if "vla_prune
 def test_every_prune_key_in_a_node_parameter_file_is_a_declared_setting_with_a_valid_value(path):
     """Overlays such as sim_reach.yaml name settings too: a renamed or removed setting shows here."""
     assert CONFIG_DIR / "policy.yaml" in NODE_PARAMETER_FILES
-    node = yaml.safe_load(path.read_text())["vla_pruner_policy"]
-    prune = {name: value for name, value in _flat("", node["ros__parameters"]) if name.startswith("prune.")}
+    assert "ros__parameters" in yaml.safe_load(path.read_text())["vla_pruner_policy"]
+    prune = {name: value for name, value in node_parameters(path).items() if name.startswith("prune.")}
     assert prune.keys() <= {spec.name for spec in pruner_parameters(NODE_PRUNER)}
     apply_parameter_changes(NodeSettings(), prune)  # ValueError naming a bad value
 

@@ -184,10 +184,27 @@ def rosbag2_available(storage: str, installed=ros_package_installed, which=shuti
     return bool(which("ros2")) and installed("ros2bag") and installed(plugin)
 
 
-def pruning_in(params_file: str, node_name: str = "vla_pruner_policy") -> dict:
-    """The ``prune:`` block of a policy parameter file ({} when it has none)."""
+def node_parameters(params_file: str | os.PathLike, node_name: str = "vla_pruner_policy") -> dict:
+    """One node's parameters in a ROS parameter file, by their dotted ROS names (the file nests
+    ``prune: {method: ...}``; the node sees ``prune.method``). {} when the file has none for it."""
     data = yaml.safe_load(Path(params_file).read_text()) or {}
-    return dict(((data.get(node_name) or {}).get("ros__parameters") or {}).get("prune") or {})
+    flat: dict = {}
+
+    def walk(prefix: str, mapping: dict) -> None:
+        for key, value in mapping.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}{key}.", value)
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk("", (data.get(node_name) or {}).get("ros__parameters") or {})
+    return flat
+
+
+def pruning_in(params_file: str, node_name: str = "vla_pruner_policy") -> dict:
+    """The ``prune.*`` settings of a policy parameter file, without the prefix ({} when none)."""
+    return {name[len("prune."):]: value for name, value in node_parameters(params_file, node_name).items()
+            if name.startswith("prune.")}
 
 
 def shipped_policy_parameters(values: dict[str, str], resolved: dict[str, str]) -> str | None:

@@ -43,13 +43,6 @@ def _launch_values(args) -> dict[str, str]:
     return values
 
 
-def _instruction_in(params_file: str, node_name: str) -> str:
-    import yaml
-
-    data = yaml.safe_load(Path(params_file).read_text()) or {}
-    return str(((data.get(node_name) or {}).get("ros__parameters") or {}).get("instruction", ""))
-
-
 def _parent_death_signal():
     """A pre-exec hook (Linux) that makes the child get SIGINT when the demo dies without stopping
     it (e.g. SIGKILL), so no node keeps running, and publishing, after its demo is gone. libc is
@@ -99,7 +92,7 @@ class _Children:
 
 
 def run(args) -> int:
-    from vla_pruner_ros.control.launch_logic import plan_launch
+    from vla_pruner_ros.control.launch_logic import node_parameters, plan_launch
 
     values = _launch_values(args)
     try:
@@ -145,7 +138,8 @@ def run(args) -> int:
         signal.signal(signum, request_stop)
     # The monitor subscribes before the nodes start, so that it sees the policy's first steps.
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-    instruction = overrides.get("instruction") or _instruction_in(policy_spec.parameters[0], policy_spec.name)
+    instruction = overrides.get("instruction") or str(
+        node_parameters(policy_spec.parameters[0], policy_spec.name).get("instruction", ""))
     monitor = DemoMonitor(scene_seed=args.scene_seed, policy_node=policy_spec.name, instruction=instruction)
     for spec in plan.nodes:
         children.start(spec.name, spec.command())

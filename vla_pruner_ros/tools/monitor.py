@@ -39,7 +39,6 @@ class DemoMonitor(Node):
         self._input_ages: list[float] = []  # ms: oldest input of a step when its stats arrive here
         self._holds = 0  # diagnostics that went to ERROR (a held step: stale or bad input)
         self._steps = 0
-        self._step_index = -1  # of the last stats message
         # Per instruction: the first step at which eval-sim's success test held, and the closest pass.
         self._reached_at: int | None = None
         self._closest: tuple[float, str] | None = None  # (horizontal distance m, cube colour)
@@ -67,7 +66,7 @@ class DemoMonitor(Node):
         if all(f"joint{i}" in names for i in range(1, 7)):
             self._joints = np.array([msg.position[names.index(f"joint{i}")] for i in range(1, 7)])
 
-    def _target_text(self) -> str:
+    def _target_text(self, step_index: int) -> str:
         match = _COLOUR.search(self._instruction.lower())
         if match is None or self._joints is None:
             return ""
@@ -80,7 +79,7 @@ class DemoMonitor(Node):
         reached = success(tcp, self._scene, cube.colour, "above")
         done = "  reached" if reached else ""
         if reached and self._reached_at is None:
-            self._reached_at = self._step_index
+            self._reached_at = step_index
         if self._closest is None or horizontal < self._closest[0]:
             self._closest = (horizontal, cube.colour)
         return f" | {cube.colour} cube: {horizontal * 100:5.1f} cm away, {height * 100:5.1f} cm above{done}"
@@ -88,13 +87,12 @@ class DemoMonitor(Node):
     def _on_stats(self, msg: PrunerStats) -> None:
         fields = stats_to_fields(msg)
         self._steps += 1
-        self._step_index = int(fields.get("step_index", self._steps - 1))
         if not fields["warmup"]:
             self._latencies.append(fields["total_ms"])
         if msg.input_stamps:
             oldest = min(stamp.sec + stamp.nanosec * 1e-9 for stamp in msg.input_stamps)
             self._input_ages.append((self.get_clock().now().nanoseconds * 1e-9 - oldest) * 1e3)
-        print(format_stats_line(fields) + self._target_text(), flush=True)
+        print(format_stats_line(fields) + self._target_text(fields["step_index"]), flush=True)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
