@@ -232,8 +232,8 @@ def sim_observations(policy, episodes: int, seed: int = 0, task: str = "above", 
     seed .. seed + episodes - 1), one per policy call, stepped as eval-sim steps them.
     ``make_env()``: another task's environment (see ``training.evaluate``)."""
     from ..control.robot_config import load_robot_config
-    from ..control.safety import make_safe_chunk
     from ..sim import SimEnv
+    from ..training.evaluate import executed_actions
 
     robot = load_robot_config()
     env = make_env() if make_env is not None else SimEnv(seed=seed, image_size=(224, 224), task=task)
@@ -245,11 +245,9 @@ def sim_observations(policy, episodes: int, seed: int = 0, task: str = "above", 
             yield PremiseObservation(images=obs["images"], proprio=obs["proprio"], instruction=obs["instruction"],
                                      episode=episode)
             out = policy.predict(images=obs["images"], proprio=obs["proprio"], instruction=obs["instruction"])
-            safe = make_safe_chunk(out.actions, obs["joints"], robot, env.control_period, max_joint_velocity)
-            gripper = np.clip(out.actions[:, robot.gripper_action_index], 0.0, 1.0) \
-                if robot.gripper_action_index is not None else np.zeros(len(out.actions))
-            for i in range(min(actions_per_step, len(safe.joint_positions))):
-                obs, _, done, _ = env.step(np.concatenate([safe.joint_positions[i], [gripper[i]]]))
+            for action in executed_actions(out.actions, obs["joints"], robot, env.control_period,
+                                           max_joint_velocity, actions_per_step):
+                obs, _, done, _ = env.step(action)
                 if done:
                     break
 

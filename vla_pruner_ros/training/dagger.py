@@ -28,7 +28,7 @@ import numpy as np
 
 from ..sim import SimEnv
 from ..sim.task import MAX_STEPS, make_expert
-from .dataset import RENDER_SIZE, VIEW_NAMES, EpisodeRecord, _cube_index, policy_view
+from .dataset import RENDER_SIZE, VIEW_NAMES, EpisodeRecord
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def record_policy_episode(env: SimEnv, policy, expert, robot, seed: int, task: s
                           chunk_length: int, rng: np.random.Generator, config: DaggerConfig) -> EpisodeRecord:
     """One closed-loop episode of ``policy`` (expert actions on a share of its calls); every
     control step stores the views, proprio and the expert's chunk from that state."""
-    from ..control.safety import make_safe_chunk
+    from .evaluate import executed_actions
 
     obs = env.reset(seed=seed, task=task)
     policy.reset()
@@ -78,20 +78,12 @@ def record_policy_episode(env: SimEnv, policy, expert, robot, seed: int, task: s
         planned = None
         if not by_expert:
             out = policy.predict(images=obs["images"], proprio=obs["proprio"], instruction=obs["instruction"])
-            safe = make_safe_chunk(out.actions, obs["joints"], robot, env.control_period, config.max_joint_velocity)
-            grip = np.clip(out.actions[:, robot.gripper_action_index], 0.0, 1.0) \
-                if robot.gripper_action_index is not None else np.zeros(len(out.actions))
-            planned = [np.concatenate([safe.joint_positions[i], [grip[i]]])
-                       for i in range(min(config.actions_per_step, len(safe.joint_positions)))]
+            planned = executed_actions(out.actions, obs["joints"], robot, env.control_period,
+                                       config.max_joint_velocity, config.actions_per_step)
         for i in range(config.actions_per_step if planned is None else len(planned)):
             current = env.current
             chunk = expert.action_chunk(current, env.arm.joints, env.arm.gripper, chunk_length)
-            for view in VIEW_NAMES:
-                record.images[view].append(policy_view(obs["images"][view], image_size))
-            record.proprio.append(obs["proprio"].astype(np.float32))
-            record.chunks.append(chunk.astype(np.float32))
-            record.instructions.append(current.instruction)
-            record.targets.append(_cube_index(current.scene, current.target))
+            record.add_sample(obs, chunk, current, image_size)
             action = chunk[0] if planned is None else planned[i]
             obs, reached, _, _ = env.step(action)
             env.done = False  # the recording decides when to stop

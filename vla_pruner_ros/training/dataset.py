@@ -110,6 +110,16 @@ class EpisodeRecord:
     instructions: list[str] = field(default_factory=list)  # per step (it may change mid-episode)
     targets: list[int] = field(default_factory=list)       # per step: index of the named cube in scene.cubes
 
+    def add_sample(self, obs: dict, chunk: np.ndarray, episode, image_size: int) -> None:
+        """One training sample: the views and proprio of ``obs`` labelled with the expert's ``chunk``
+        for ``episode`` (the task of that moment: its instruction and named cube)."""
+        for view in VIEW_NAMES:
+            self.images[view].append(policy_view(obs["images"][view], image_size))
+        self.proprio.append(obs["proprio"].astype(np.float32))
+        self.chunks.append(chunk.astype(np.float32))
+        self.instructions.append(episode.instruction)
+        self.targets.append(_cube_index(episode.scene, episode.target))
+
 
 def policy_view(image: np.ndarray, image_size: int) -> np.ndarray:
     """A rendered view as the policy's processor first sees it (see processing_oft)."""
@@ -137,12 +147,7 @@ def record_episode(env: SimEnv, expert: ScriptedExpert, config: DatasetConfig, s
     limit = MAX_STEPS[config.task]
     while True:
         chunk = expert.action_chunk(episode, env.arm.joints, env.arm.gripper, config.chunk_length)
-        for view in VIEW_NAMES:
-            record.images[view].append(policy_view(obs["images"][view], config.image_size))
-        record.proprio.append(obs["proprio"].astype(np.float32))
-        record.chunks.append(chunk.astype(np.float32))
-        record.instructions.append(episode.instruction)
-        record.targets.append(_cube_index(episode.scene, episode.target))
+        record.add_sample(obs, chunk, episode, config.image_size)
         step = len(record.chunks) - 1
         if step < detour:
             action = expert.next_action(detour_episode, env.arm.joints, env.arm.gripper)
@@ -186,12 +191,7 @@ def record_pregrasp_episode(env: SimEnv, expert, config: DatasetConfig, seed: in
     while True:
         current = env.current
         chunk = expert.action_chunk(current, env.arm.joints, env.arm.gripper, config.chunk_length)
-        for view in VIEW_NAMES:
-            record.images[view].append(policy_view(obs["images"][view], config.image_size))
-        record.proprio.append(obs["proprio"].astype(np.float32))
-        record.chunks.append(chunk.astype(np.float32))
-        record.instructions.append(current.instruction)
-        record.targets.append(_cube_index(current.scene, current.target))
+        record.add_sample(obs, chunk, current, config.image_size)
         step = len(record.chunks) - 1
         action = expert.next_action(detour_episode, env.arm.joints, env.arm.gripper) if step < detour \
             else chunk[0].copy()

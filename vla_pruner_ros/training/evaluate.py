@@ -127,6 +127,18 @@ class EpisodeResult:
         return self.flops_spent / self.flops_full if self.flops_full else float("nan")
 
 
+def executed_actions(actions: np.ndarray, joints: np.ndarray, robot: RobotConfig, control_period: float,
+                     max_joint_velocity: float, actions_per_step: int) -> list[np.ndarray]:
+    """The sim actions (6 joint targets + gripper) of one policy call, as the node would send them:
+    the chunk made safe from where the arm is (``make_safe_chunk``), its first ``actions_per_step``
+    points, the gripper column clipped to [0, 1] (0 where the robot has no gripper action)."""
+    safe = make_safe_chunk(actions, joints, robot, control_period, max_joint_velocity)
+    gripper = np.clip(actions[:, robot.gripper_action_index], 0.0, 1.0) \
+        if robot.gripper_action_index is not None else np.zeros(len(actions))
+    return [np.concatenate([safe.joint_positions[i], [gripper[i]]])
+            for i in range(min(actions_per_step, len(safe.joint_positions)))]
+
+
 def run_episode(policy, env: SimEnv, seed: int, robot: RobotConfig, actions_per_step: int = 4,
                 max_joint_velocity: float = 1.0, task: str | None = None) -> EpisodeResult:
     """One closed-loop episode of ``policy`` (its pruner already set) from scene ``seed``."""
@@ -145,11 +157,9 @@ def run_episode(policy, env: SimEnv, seed: int, robot: RobotConfig, actions_per_
         full = float(out.flops.get("full", 1.0))
         result.flops_full += full
         result.flops_spent += float(out.flops.get("pruned", full * float(out.flops["ratio"])))
-        safe = make_safe_chunk(out.actions, obs["joints"], robot, env.control_period, max_joint_velocity)
-        gripper = np.clip(out.actions[:, robot.gripper_action_index], 0.0, 1.0) \
-            if robot.gripper_action_index is not None else np.zeros(len(out.actions))
-        for i in range(min(actions_per_step, len(safe.joint_positions))):
-            obs, reached, done, info = env.step(np.concatenate([safe.joint_positions[i], [gripper[i]]]))
+        for action in executed_actions(out.actions, obs["joints"], robot, env.control_period, max_joint_velocity,
+                                       actions_per_step):
+            obs, reached, done, info = env.step(action)
             result.success = result.success or bool(reached)
             if done:
                 break
