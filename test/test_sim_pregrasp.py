@@ -137,3 +137,27 @@ def test_every_pruning_method_survives_the_mid_episode_instruction_change(tmp_pa
         for instruction in (episode.instruction, episode.instruction, episode.next_instruction):
             out = policy.predict(images=obs["images"], proprio=obs["proprio"], instruction=instruction)
             assert np.all(np.isfinite(out.actions)), method
+
+
+def test_expert_labels_are_continuous_where_the_old_gates_jumped():
+    """The expert's labels have no threshold a policy of ~1 cm / few-degree precision would average
+    across: the turn vanishes (not flips) at +-45 deg where the nearest face changes, the target height
+    sinks continuously as the TCP centres and squares up, and a started closure is kept."""
+    expert = make_expert("pregrasp", max_joint_speed=1.0)
+    quarter = np.pi / 4
+    assert abs(expert.yaw_turn(0.0, quarter - 1e-4)) < 1e-3 and abs(expert.yaw_turn(0.0, -quarter)) < 1e-3
+    assert expert.yaw_turn(0.0, np.deg2rad(3.0)) == pytest.approx(np.deg2rad(3.0), rel=0.02)
+    assert expert.yaw_turn(0.0, np.deg2rad(30.0)) == pytest.approx(expert.yaw_speed * expert.control_period)
+    assert expert.yaw_turn(2 * expert.align_radius, np.deg2rad(30.0)) == 0.0  # read from the wrist view
+    cube = PregraspScene(0).cubes[0]
+    heights = [expert.goal_height(h, np.deg2rad(y), cube) for h, y in
+               [(0.0, 0.0), (0.005, 0.0), (0.010, 0.0), (0.010, 4.0), (0.010, 8.0), (0.02, 8.0), (0.3, 45.0)]]
+    assert np.all(np.diff(heights) > 0) and max(np.diff(heights)) < 0.20
+    assert heights[0] == pytest.approx(cube.top - expert.grasp_depth)
+    assert max(abs(expert.goal_height(0.0100, 0.0, cube) - expert.goal_height(0.0101, 0.0, cube)),
+               abs(expert.goal_height(0.0, 0.0500, cube) - expert.goal_height(0.0, 0.0501, cube))) < 1e-3
+    # Inside the success tolerances but outside the closing cone: closes only if already closing.
+    state = {"horizontal": 0.010, "height": 0.0, "yaw_error": np.deg2rad(6.0)}
+    assert expert.gripper_command(state, 0.0) == 0.0 and expert.gripper_command(state, 0.4) == 1.0
+    assert expert.gripper_command(dict(state, horizontal=0.02), 0.4) == 0.0
+    assert expert.gripper_command({"horizontal": 0.004, "height": -0.005, "yaw_error": 0.01}, 0.0) == 1.0

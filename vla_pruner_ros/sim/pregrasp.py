@@ -138,15 +138,38 @@ def down_rotation(yaw: float) -> np.ndarray:
 
 
 class PregraspExpert:
-    """Scripted solver of the pregrasp task (see the module doc); same interface as ScriptedExpert."""
+    """Scripted solver of the pregrasp task (see the module doc); same interface as ScriptedExpert.
+
+    Every label is a continuous function of the current state and instruction (so that a policy of
+    limited precision is not trained on averages of contradicting labels, and DAgger can label any
+    visited state):
+
+    - height: the TCP goes to ``grasp_depth`` below the cube top plus a funnel term,
+      ``xy_slope * max(0, horizontal - xy_deadzone) + yaw_slope * max(0, |yaw error| - yaw_deadzone)``,
+      capped at the hover height plus ``approach_height``: far away it travels high, above the cube it
+      sinks as it centres and squares up, with no threshold to cross;
+    - yaw: it turns by ``yaw_gain * sin(4 e) / 4`` per control period (``e`` the yaw error to the
+      nearest face, rate-limited by ``yaw_speed``): about ``e`` near alignment, and zero at +-45
+      degrees, where the nearest face changes, so the turn label does not flip there; the turn fades
+      in between ``align_radius`` (full) and ``2 align_radius`` (none) from the cube's axis (the yaw
+      is read from the wrist view);
+    - gripper: closes when centred (``close_radius``), square (``close_yaw``) and at most ``close_height``
+      above the top; once closing (``gripper`` > 0.05, the state it is given) it keeps closing while
+      the grasp stays inside the success test's tolerances (``keep_margin`` of them);
+    - low (below the hover height) and more than ``rise_radius`` off the named cube (after the
+      instruction changed), it rises straight up first.
+    """
 
     def __init__(self, kinematics: XArm6Kinematics | None = None, control_period: float = 0.1,
                  max_speed: float = 0.12, max_joint_speed: float = 1.5, hover_height: float = 0.07,
-                 grasp_depth: float = 0.012, approach_height: float = 0.10, funnel_slope: float = 1.5,
-                 position_gain: float = 4.0, yaw_speed: float = 1.0, align_radius: float = 0.04,
-                 descend_radius: float = 0.006, descend_yaw: float = np.deg2rad(3.0)):
+                 grasp_depth: float = 0.015, approach_height: float = 0.10, xy_slope: float = 2.0,
+                 xy_deadzone: float = 0.003, yaw_slope: float = 0.15, yaw_deadzone: float = np.deg2rad(1.5),
+                 position_gain: float = 4.0, yaw_speed: float = 1.0, yaw_gain: float = 1.0,
+                 align_radius: float = 0.03, rise_radius: float = 0.03, close_radius: float = 0.008,
+                 close_yaw: float = np.deg2rad(5.0), close_height: float = 0.001, keep_margin: float = 0.9):
         for name, value in (("control_period", control_period), ("max_speed", max_speed),
-                            ("max_joint_speed", max_joint_speed), ("yaw_speed", yaw_speed)):
+                            ("max_joint_speed", max_joint_speed), ("yaw_speed", yaw_speed),
+                            ("align_radius", align_radius)):
             if not np.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
         self.kinematics = kinematics or XArm6Kinematics()
@@ -156,12 +179,40 @@ class PregraspExpert:
         self.hover_height = float(hover_height)
         self.grasp_depth = float(grasp_depth)
         self.approach_height = float(approach_height)
-        self.funnel_slope = float(funnel_slope)
+        self.xy_slope = float(xy_slope)
+        self.xy_deadzone = float(xy_deadzone)
+        self.yaw_slope = float(yaw_slope)
+        self.yaw_deadzone = float(yaw_deadzone)
         self.position_gain = float(position_gain)
         self.yaw_speed = float(yaw_speed)
+        self.yaw_gain = float(yaw_gain)
         self.align_radius = float(align_radius)
-        self.descend_radius = float(descend_radius)
-        self.descend_yaw = float(descend_yaw)
+        self.rise_radius = float(rise_radius)
+        self.close_radius = float(close_radius)
+        self.close_yaw = float(close_yaw)
+        self.close_height = float(close_height)
+        self.keep_margin = float(keep_margin)
+
+    def goal_height(self, horizontal: float, yaw_err: float, cube: Cube) -> float:
+        """The funnel: the TCP height the expert heads for at this horizontal and yaw error."""
+        lift = (self.xy_slope * max(0.0, horizontal - self.xy_deadzone)
+                + self.yaw_slope * max(0.0, abs(yaw_err) - self.yaw_deadzone))
+        return cube.top - self.grasp_depth + min(self.grasp_depth + self.hover_height + self.approach_height, lift)
+
+    def yaw_turn(self, horizontal: float, yaw_err: float) -> float:
+        """Turn (rad) for the next control period: continuous in the yaw error, also at +-45 deg."""
+        fade = float(np.clip(2.0 - horizontal / self.align_radius, 0.0, 1.0))
+        limit = self.yaw_speed * self.control_period
+        return fade * float(np.clip(self.yaw_gain * np.sin(4.0 * yaw_err) / 4.0, -limit, limit))
+
+    def gripper_command(self, state: dict, gripper: float) -> float:
+        horizontal, height, yaw_err = state["horizontal"], state["height"], abs(state["yaw_error"])
+        if horizontal < self.close_radius and yaw_err < self.close_yaw and height < self.close_height:
+            return 1.0
+        m = self.keep_margin
+        keep = (gripper > 0.05 and horizontal < m * GRASP_RADIUS and yaw_err < m * GRASP_YAW_TOLERANCE
+                and m * GRASP_BAND[0] <= height <= m * GRASP_BAND[1])
+        return 1.0 if keep else 0.0
 
     def next_action(self, episode, joints, gripper: float = 0.0) -> np.ndarray:
         """(7,) joint targets for the next control period + gripper command, for ``episode.target``."""
@@ -171,24 +222,16 @@ class PregraspExpert:
         cube = episode.scene.cube(episode.target)
         state = grasp_state(self.kinematics, q, cube)
         tcp, horizontal, yaw_err = state["tcp"], state["horizontal"], state["yaw_error"]
+        goal = np.array([cube.position[0], cube.position[1], self.goal_height(horizontal, yaw_err, cube)])
         hover = cube.top + self.hover_height
-        grasp_z = cube.top - self.grasp_depth
-        aligned = horizontal < self.descend_radius and abs(yaw_err) < self.descend_yaw
-        if aligned:
-            z = grasp_z
-        else:
-            z = hover + min(self.approach_height, self.funnel_slope * horizontal)
-        goal = np.array([cube.position[0], cube.position[1], z])
-        if tcp[2] < hover - 0.02 and horizontal > 2 * self.descend_radius:
+        if tcp[2] < hover - 0.02 and horizontal > self.rise_radius:
             goal = np.array([tcp[0], tcp[1], hover])  # low but off the cube (a new target): rise first
         delta = goal - tcp
         distance = np.linalg.norm(delta)
         speed = min(self.max_speed, self.position_gain * distance)
         step = delta * (speed * self.control_period / distance) if distance > 1e-9 else np.zeros(3)
         yaw_now = finger_yaw(self.kinematics, q)
-        turn = 0.0
-        if horizontal < self.align_radius:
-            turn = float(np.clip(yaw_err, -self.yaw_speed * self.control_period, self.yaw_speed * self.control_period))
+        turn = self.yaw_turn(horizontal, yaw_err)
         solution = self.kinematics.inverse_kinematics(tcp + step, q, orientation=down_rotation(yaw_now + turn),
                                                       max_iterations=50)
         joint_step = solution.joints - q
@@ -196,9 +239,7 @@ class PregraspExpert:
         limit = self.max_joint_speed * self.control_period
         if largest > limit:
             joint_step *= limit / largest
-        at_grasp = (horizontal < 2 * self.descend_radius and abs(yaw_err) < 2 * self.descend_yaw
-                    and tcp[2] < grasp_z + 0.006)
-        return np.concatenate([q + joint_step, [1.0 if at_grasp else 0.0]])
+        return np.concatenate([q + joint_step, [self.gripper_command(state, float(gripper))]])
 
     def action_chunk(self, episode, joints, gripper: float = 0.0, chunk_size: int = 8) -> np.ndarray:
         """(chunk_size, 7): the next ``chunk_size`` actions, each from the previous one's joints."""
