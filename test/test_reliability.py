@@ -20,7 +20,7 @@ from ros_harness import Probe, RosHarness, wait_for
 from vla_pruner_ros.control.images import rgb_to_image_fields
 from vla_pruner_ros.control.params import PARAMETERS
 from vla_pruner_ros.control.robot_config import load_robot_config
-from vla_pruner_ros.msg import RetainedTokenMask
+from vla_pruner_ros.msg import PrunerStats, RetainedTokenMask
 
 ROBOT = load_robot_config()
 HOME = [0.0, -0.63, -0.83, 0.0, 1.46, 0.0]
@@ -115,6 +115,7 @@ class System:
         self.trajectories = self.recorder.record(JointTrajectory, ROBOT.trajectory_topic)
         self.diagnostics = self.recorder.record(DiagnosticArray, "/diagnostics")
         self.masks = self.recorder.record(RetainedTokenMask, f"/{name}/retained_tokens")
+        self.stats = self.recorder.record(PrunerStats, f"/{name}/stats")
         self.instruction_pub = self.probe.create_publisher(
             String, "/instruction", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         suffix = "/compressed" if image_transport == "compressed" else ""
@@ -457,6 +458,12 @@ def test_a_slow_step_publishes_no_stale_command(healthy):
     slow_from = time.monotonic() + 0.3
     time.sleep(2.5)
     assert _commands_since(healthy, slow_from) == []
+    # The dropped steps ran (the pruner's history holds them): their stats and masks still go out,
+    # so a latency budget, a plot or a replay of the bag sees every step.
+    slow_stats = healthy.after(healthy.stats, slow_from)  # every step from slow_from on was dropped
+    assert slow_stats, "no stats of the slow (dropped) steps"
+    slow_steps = {m.step_index for m in slow_stats}
+    assert slow_steps <= {m.step_index for m in healthy.after(healthy.masks, slow_from)}
     healthy.policy.delay = 0.0
 
 

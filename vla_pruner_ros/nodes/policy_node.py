@@ -449,19 +449,25 @@ class PolicyNode(Node):
                 stamp=max(item.stamp for item in snapshot.values()),
             )
             result = self.runner.step(observation, settings)
-            # The step may have been slow: act only on inputs that are still current, from where
-            # the arm is now (see recheck_before_publish).
-            latest = self._inputs.get("joint_states")
-            result = recheck_before_publish(
-                result, {name: item.stamp for name, item in snapshot.items()},
-                None if latest is None or latest.error else latest.value,
-                None if latest is None else latest.stamp, self._now(), settings, self.robot)
             # Every input's own stamp, unchanged (no float round trip): a frame stamped before the
             # newest input may still have been in flight when this step began, so a replay needs
             # them all. The newest one is the step's time.
             inputs = {name: item.source_stamp or rclpy.time.Time(seconds=item.stamp).to_msg()
                       for name, item in snapshot.items()}
             stamp = inputs[max(snapshot, key=lambda name: snapshot[name].stamp)]
+            # The step may have been slow: act only on inputs that are still current, from where
+            # the arm is now (see recheck_before_publish).
+            latest = self._inputs.get("joint_states")
+            try:
+                result = recheck_before_publish(
+                    result, {name: item.stamp for name, item in snapshot.items()},
+                    None if latest is None or latest.error else latest.value,
+                    None if latest is None else latest.stamp, self._now(), settings, self.robot)
+            except StaleStepError:
+                # The step ran and the pruner's history holds it: its stats and mask still go out
+                # (a latency budget, a plot or a replay of the bag needs every step), its chunk not.
+                self._publish_outputs(result, images, settings, stamp, inputs)
+                raise
             self._publish_step(result, images, settings, motion_enabled, stamp, inputs)
         except Exception as error:  # noqa: BLE001 - a failed step must never take the node down
             if isinstance(error, (StaleStepError, JointStateOutOfLimits)):
@@ -478,10 +484,7 @@ class PolicyNode(Node):
                       input_stamps: dict) -> None:
         if motion_enabled and self._motion_enabled:
             self._publish_commands(result)
-        self._publish_mask(result, stamp)
-        self._publish_stats(result, stamp, input_stamps)
-        if settings.publish_overlays:
-            self._publish_overlays(result, images, stamp)
+        self._publish_outputs(result, images, settings, stamp, input_stamps)
         self._steps_done += 1
         self._last_result = result
         notes = "; ".join(result.notes)
@@ -493,6 +496,13 @@ class PolicyNode(Node):
         })
         if self.get_parameter("log_steps").value:
             self.get_logger().info(format_stats_line(result.stats_fields()))
+
+    def _publish_outputs(self, result: StepResult, images: dict, settings, stamp, input_stamps: dict) -> None:
+        """What a step computed, whether or not its chunk is sent: kept-token mask, stats, overlays."""
+        self._publish_mask(result, stamp)
+        self._publish_stats(result, stamp, input_stamps)
+        if settings.publish_overlays:
+            self._publish_overlays(result, images, stamp)
 
     # --- publishing ----------------------------------------------------------------------------
     def _publish_commands(self, result: StepResult) -> None:
