@@ -392,6 +392,26 @@ def test_dagger_labels_the_policy_visited_states_with_the_expert_and_appends_the
         append_records(out, records, episodes, tmp_path / "again.npz")
 
 
+def test_relabel_gives_every_stored_state_the_current_experts_chunk(pregrasp_dataset, tmp_path):
+    """Relabelling with the expert that recorded the dataset reproduces its chunks (the episode and
+    named cube of every sample are found again); another expert changes only the chunks."""
+    from vla_pruner_ros.sim.pregrasp import PregraspExpert
+    from vla_pruner_ros.training.dagger import relabel
+
+    data_config, path, _ = pregrasp_dataset
+    same = relabel(path, tmp_path / "same.npz", compress=False)
+    before, again = SimDataset(path), SimDataset(same["path"])
+    np.testing.assert_allclose(again.chunks, before.chunks, atol=2e-5)
+    assert same["mean_joint_change"] < 1e-5 and same["mean_gripper_change"] == 0.0
+    deeper = PregraspExpert(control_period=data_config.control_period, max_joint_speed=data_config.max_joint_speed,
+                            grasp_depth=0.03)
+    other = SimDataset(relabel(path, tmp_path / "deeper.npz", expert=deeper)["path"])
+    np.testing.assert_array_equal(other.views["wrist"], before.views["wrist"])
+    np.testing.assert_array_equal(other.proprio, before.proprio)
+    assert np.abs(other.chunks[..., :6] - before.chunks[..., :6]).max() > 1e-3
+    assert other.meta["relabelled"][-1]["samples"] == len(before)
+
+
 def test_warm_start_from_the_same_task_keeps_the_source_normalisation(pregrasp_dataset, tmp_path):
     from vla_pruner_ros.training.train import inherited_statistics
 

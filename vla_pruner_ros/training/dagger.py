@@ -15,6 +15,10 @@ the expert's chunk from the state the views show, the instruction and named cube
 the appended episodes carry ``"source": "dagger"`` in the dataset's metadata.
 
 Run: ``python -m vla_pruner_ros.training.dagger --checkpoint CKPT --dataset IN.npz --out OUT.npz``.
+
+When the expert changes, every stored state can be labelled again the same way (``relabel``:
+``python -m vla_pruner_ros.training.dagger --relabel --dataset IN.npz --out OUT.npz``): the views
+and proprio stay, the chunks become the current expert's from each stored state.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..sim import SimEnv
-from ..sim.task import MAX_STEPS, make_expert
+from ..sim.task import MAX_STEPS, make_episode, make_expert
 from .dataset import RENDER_SIZE, VIEW_NAMES, EpisodeRecord
 
 
@@ -138,8 +142,53 @@ def collect(config: DaggerConfig, progress: bool = True) -> tuple[list[EpisodeRe
     return records, episodes
 
 
+def _write(out: str | os.PathLike, arrays: dict, meta: dict, compress: bool) -> str:
+    """Write a dataset file atomically (replaced only once the new file is complete)."""
+    out = os.fspath(out)
+    tmp = out + ".tmp.npz"
+    save = np.savez_compressed if compress else np.savez
+    save(tmp, **arrays, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    os.replace(tmp, out)
+    return out
+
+
+def relabel(dataset: str | os.PathLike, out: str | os.PathLike, expert=None, compress: bool = True) -> dict:
+    """Label every stored state of a pregrasp dataset (expert and DAgger samples) again with
+    ``expert`` (default: the task's current ``make_expert``): each sample's chunk becomes the
+    expert's chunk from its stored joints and gripper, for the cube it named (its ``target``).
+    Views, proprio and all other arrays are kept; the metadata records the relabelling."""
+    with np.load(dataset) as data:
+        arrays = {name: data[name] for name in data.files if name != "meta"}
+        meta = json.loads(data["meta"].tobytes().decode())
+    config = meta["config"]
+    task = config.get("task", "above")
+    if task != "pregrasp":
+        raise ValueError(f"relabel supports the pregrasp task's datasets, not {task!r}")
+    if expert is None:
+        expert = make_expert(task, control_period=config["control_period"], max_joint_speed=config["max_joint_speed"])
+    proprio, chunks = arrays["proprio"], arrays["chunks"]
+    episodes = {}
+    labels = np.empty_like(chunks)
+    for i in range(len(proprio)):
+        number = int(arrays["episode"][i])
+        if number not in episodes:
+            episodes[number] = make_episode(meta["episodes"][number]["seed"], task)
+        episode = episodes[number]
+        named = episode._replace(target=episode.scene.names[int(arrays["target"][i])], switch_step=None)
+        labels[i] = expert.action_chunk(named, proprio[i, :6].astype(np.float64), float(proprio[i, 6]),
+                                        chunks.shape[1])
+    change = np.abs(labels - chunks)
+    arrays["chunks"] = labels.astype(chunks.dtype)
+    meta.setdefault("relabelled", []).append({"from": os.fspath(dataset), "samples": int(len(labels)),
+                                              "expert": type(expert).__name__})
+    path = _write(out, arrays, meta, compress)
+    return {"path": path, "samples": int(len(labels)), "mean_joint_change": float(change[..., :6].mean()),
+            "mean_gripper_change": float(change[..., 6].mean()),
+            "gripper_closed_share": [float(chunks[..., 6].mean()), float(labels[..., 6].mean())]}
+
+
 def append_records(dataset: str | os.PathLike, records: list[EpisodeRecord], episodes: list[dict],
-                   out: str | os.PathLike, note: dict | None = None) -> dict:
+                   out: str | os.PathLike, note: dict | None = None, compress: bool = True) -> dict:
     """Write ``dataset`` plus ``records`` (one episode each, metadata ``episodes``) to ``out``."""
     if len(records) != len(episodes):
         raise ValueError(f"{len(records)} records but {len(episodes)} episode entries")
@@ -181,10 +230,7 @@ def append_records(dataset: str | os.PathLike, records: list[EpisodeRecord], epi
     meta["episodes"] = meta["episodes"] + episodes
     meta.setdefault("dagger_rounds", []).append({**(note or {}), "episodes": len(episodes),
                                                  "samples": len(proprio)})
-    out = os.fspath(out)
-    tmp = out + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
-    os.replace(tmp, out)
+    out = _write(out, arrays, meta, compress)
     return {"path": out, "episodes": len(meta["episodes"]), "samples": int(len(arrays["proprio"])),
             "added_samples": len(proprio), "added_success": float(np.mean([e["success"] for e in episodes]))
             if episodes else float("nan")}
@@ -193,7 +239,11 @@ def append_records(dataset: str | os.PathLike, records: list[EpisodeRecord], epi
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="the policy to roll out")
+    parser.add_argument("--checkpoint", help="the policy to roll out (not with --relabel)")
+    parser.add_argument("--relabel", action="store_true",
+                        help="only label every stored state again with the current expert (no roll-outs)")
+    parser.add_argument("--no-compress", action="store_true",
+                        help="write the .npz uncompressed (several times larger, much faster to write and load)")
     parser.add_argument("--dataset", required=True, help="the recorded dataset to extend")
     parser.add_argument("--out", required=True, help="the merged dataset (.npz)")
     parser.add_argument("--episodes", type=int, default=40)
@@ -202,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.relabel:
+        print(json.dumps(relabel(args.dataset, args.out, compress=not args.no_compress)))
+        return 0
+    if not args.checkpoint:
+        parser.error("--checkpoint is required (except with --relabel)")
     config = DaggerConfig(checkpoint=args.checkpoint, dataset=args.dataset, out=args.out, episodes=args.episodes,
                           first_seed=args.first_seed, expert_probability=args.expert_probability, seed=args.seed,
                           threads=args.threads)
@@ -209,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     records, episodes = collect(config)
     print(f"dagger: {len(records)} episodes, {sum(len(r.chunks) for r in records)} samples, policy+expert "
           f"success {np.mean([e['success'] for e in episodes]):.0%} ({time.time() - started:.0f} s)")
-    summary = append_records(config.dataset, records, episodes, config.out, note=asdict(config))
+    summary = append_records(config.dataset, records, episodes, config.out, note=asdict(config),
+                             compress=not args.no_compress)
     print(json.dumps(summary))
     return 0
 
