@@ -123,7 +123,7 @@ def test_instructions_name_the_target_and_different_targets_differ():
         make_episode(3, target="purple")
     with pytest.raises(ValueError, match="task"):
         make_episode(3, task="stack")
-    assert set(TASKS) == {"above", "touch", "pregrasp"}  # pregrasp: test_sim_pregrasp.py
+    assert set(TASKS) == {"above", "touch", "above_switch", "pregrasp"}  # pregrasp: test_sim_pregrasp.py
 
 
 def test_cubes_are_seeded_separate_and_inside_the_region():
@@ -184,3 +184,37 @@ def test_env_start_state_is_seeded():
     assert np.abs(a - c).max() > 1e-3 and np.abs(a - HOME_JOINTS).max() <= env.init_joint_noise + 1e-6
     first = [SimEnv(seed=5, image_size=None).episode_seed for _ in range(2)]
     assert first[0] == first[1]
+
+
+def test_above_switch_changes_the_named_cube_on_the_way_and_only_the_last_one_counts():
+    """The reach task with the paper's Remark 1 shift: same scene and first cube as "above" of the
+    seed, another cube named at a seeded step 8-16; reaching the first cube before the change, or
+    staying on it after, is not success."""
+    from vla_pruner_ros.sim.task import REACH_SWITCH_STEPS, episode_success
+
+    switches = set()
+    for seed in range(40):
+        episode, plain = make_episode(seed, "above_switch"), make_episode(seed, "above")
+        assert episode.target == plain.target and episode.instruction == plain.instruction
+        assert [c.position.tolist() for c in episode.scene.cubes] == [c.position.tolist() for c in plain.scene.cubes]
+        assert episode.next_target != episode.target
+        assert episode.at(episode.switch_step).instruction == f"move the gripper above the {episode.next_target} cube"
+        assert REACH_SWITCH_STEPS[0] <= episode.switch_step <= REACH_SWITCH_STEPS[1]
+        switches.add(episode.switch_step)
+    assert len(switches) > 4
+    episode = make_episode(3, "above_switch")
+    kinematics = XArm6Kinematics()
+    expert = ScriptedExpert(kinematics)
+    # hover over the first cube: success before the change? no. after? no (it names another cube now).
+    q = np.array(HOME_JOINTS, dtype=float)
+    for _ in range(60):
+        q = expert.next_action(episode, q)[:6]
+    assert success(kinematics.tcp_pose(q)[:3, 3], episode.scene, episode.target, "above_switch")
+    assert not episode_success(episode, kinematics, q, 0.0, episode.switch_step - 1)
+    assert not episode_success(episode, kinematics, q, 0.0, episode.switch_step)
+    # the expert follows the change (eval-sim's env), within the step limit
+    env = SimEnv(image_size=None, task="above_switch")
+    runs = [run_expert_episode(env, seed=seed) for seed in range(10)]
+    assert all(run["success"] for run in runs)
+    assert all(len(run["actions"]) > episode.switch_step for run, episode in
+               zip(runs, [make_episode(s, "above_switch") for s in range(10)]))

@@ -1,7 +1,9 @@
 """Language-conditioned reaching tasks and a scripted expert that solves them.
 
 Tasks (``TASKS``): "above" - move the gripper's TCP into a band above the named cube; "touch" -
-come down from above and touch the cube's top face with the (closed) fingertips. Cubes do not
+come down from above and touch the cube's top face with the (closed) fingertips; "above_switch" -
+"above" whose instruction names another cube at a seeded step on the way (``REACH_SWITCH_STEPS``;
+the paper's Remark 1 on the reach policies: only the cube named last counts). Cubes do not
 collide with anything: success is purely a test on the TCP position. "pregrasp" (sim/pregrasp.py)
 - a long-horizon, yaw-aligned grasp pose among look-alike cubes with an instruction that changes
 mid-episode; its success also tests the gripper's yaw and closure (``episode_success``).
@@ -18,12 +20,17 @@ from .scene import Scene
 
 TASKS = {
     "above": "move the gripper above the {colour} cube",
+    "above_switch": "move the gripper above the {colour} cube",
     "touch": "move the gripper above the {colour} cube then touch it",
     pregrasp.TASK_NAME: pregrasp.INSTRUCTION,
 }
-REACH_TASKS = ("above", "touch")  # success is a test on the TCP position alone (``success``)
+REACH_TASKS = ("above", "touch", "above_switch")  # success is a test on the TCP position alone (``success``)
 # control steps (0.1 s each at the default period)
-MAX_STEPS = {"above": 60, "touch": 80, pregrasp.TASK_NAME: pregrasp.MAX_STEPS}
+MAX_STEPS = {"above": 60, "touch": 80, "above_switch": 80, pregrasp.TASK_NAME: pregrasp.MAX_STEPS}
+# "above_switch": inclusive range of the control step at which the instruction changes. The reach
+# policies need ~20 steps (5 calls of 4 executed actions) to reach a cube, so the change comes after
+# 2-4 calls, on the way to the first cube; a pruner that resets its history then runs its warm-up again.
+REACH_SWITCH_STEPS = (8, 16)
 
 
 class SuccessRegion(NamedTuple):
@@ -34,6 +41,7 @@ class SuccessRegion(NamedTuple):
 
 SUCCESS_REGIONS = {
     "above": SuccessRegion(0.025, 0.03, 0.10),
+    "above_switch": SuccessRegion(0.025, 0.03, 0.10),
     "touch": SuccessRegion(0.02, -0.005, 0.015),
 }
 
@@ -76,6 +84,15 @@ def make_episode(seed: int, task: str = "above", target: str | None = None) -> E
         target = colours[int(np.random.default_rng([int(seed), 7]).integers(len(colours)))]
     elif target not in colours:
         raise ValueError(f"target must be one of the scene's cube colours {colours}, got {target!r}")
+    if task == "above_switch":
+        # The first target is the "above" episode's of the same seed; the second and the step are
+        # drawn from their own stream so they do not change the first.
+        rng = np.random.default_rng([int(seed), 41])
+        others = [c for c in colours if c != target]
+        second = others[int(rng.integers(len(others)))]
+        switch = int(rng.integers(REACH_SWITCH_STEPS[0], REACH_SWITCH_STEPS[1] + 1))
+        return Episode(scene, target, TASKS[task].format(colour=target), task, switch, second,
+                       TASKS[task].format(colour=second))
     return Episode(scene, target, TASKS[task].format(colour=target), task)
 
 
@@ -126,7 +143,7 @@ class ScriptedExpert:
         self.funnel_slope = float(funnel_slope)
         self.position_gain = float(position_gain)
         # Goal TCP height above the cube top: the middle of each task's success band.
-        self.goal_heights = dict(goal_heights or {"above": 0.065, "touch": 0.004})
+        self.goal_heights = dict(goal_heights or {"above": 0.065, "above_switch": 0.065, "touch": 0.004})
 
     def goal(self, episode: Episode) -> np.ndarray:
         cube = episode.scene.cube(episode.target)
