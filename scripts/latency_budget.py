@@ -8,6 +8,14 @@ fraction of steps within +5 % of the target (quiet / loaded, after --settle step
 writes latency_budget.json and latency_budget.png (chosen ratio and step time over time).
 
     python scripts/latency_budget.py --preset scaled --targets 60,90 --steps 160 --out /tmp/lat
+
+--demo runs the same test on the hardware-free system instead of a bare policy: for each target,
+`vla-pruner demo` (simulated arm and cameras, the policy node over real rclpy) with
+`--method METHOD:target_ms=T:min_keep_ratio=R --keep-ratio 1.0 --stats-csv`, the competing load from
+--load-from-s to --load-until-s seconds after the first policy step, the rows read back from the
+node's own PrunerStats:
+
+    python scripts/latency_budget.py --demo --checkpoint CKPT --targets 150,250 --duration 120 --out /tmp/lat
 """
 from __future__ import annotations
 
@@ -50,6 +58,44 @@ def run(policy, observations, target_ms: float, steps: int, load_from: int, load
     if load is not None:
         load.terminate()
         load.join()
+    return rows
+
+
+def run_demo(checkpoint: str, target_ms: float, duration: float, load_from_s: float, load_until_s: float,
+             min_ratio: float, method: str, csv_path: Path, log_path: Path):
+    """One `vla-pruner demo` run under the budget; rows as `run` returns them, from its stats CSV."""
+    import csv
+    import subprocess
+
+    command = [sys.executable, "-m", "vla_pruner_ros.tools.cli", "demo", "--duration", str(duration),
+               "--keep-ratio", "1.0", "--method", f"{method}:target_ms={target_ms:g}:min_keep_ratio={min_ratio:g}",
+               "--stats-csv", str(csv_path)]
+    if checkpoint:
+        command += ["--checkpoint", checkpoint]
+    csv_path.unlink(missing_ok=True)
+    with open(log_path, "w") as log:
+        demo = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # the load's clock starts at the first policy step (loading the checkpoint takes a while)
+        while demo.poll() is None and not (csv_path.is_file() and csv_path.stat().st_size > 0):
+            time.sleep(0.2)
+        first = time.time()
+        load_window = (first + load_from_s, first + load_until_s)
+        time.sleep(max(0.0, load_window[0] - time.time()))
+        load = multiprocessing.Process(target=_busy, args=(load_window[1],), daemon=True)
+        load.start()
+        load.join()
+        demo.wait()
+    if demo.returncode != 0:
+        raise SystemExit(f"vla-pruner demo exited with {demo.returncode}; see {log_path}")
+    rows = []
+    with open(csv_path) as f:
+        for step, row in enumerate(csv.DictReader(f)):
+            received = float(row["received_s"])
+            rows.append({"step": step, "loaded": load_window[0] <= received <= load_window[1],
+                         "total_ms": float(row["total_ms"]),
+                         "kept": int(row["visual_tokens_after"]),
+                         "ratio": int(row["visual_tokens_after"]) / int(row["visual_tokens_before"]),
+                         "predicted_ms": float(row["predicted_ms"]), "warmup": row["warmup"] == "True"})
     return rows
 
 
@@ -112,7 +158,13 @@ def main(argv=None) -> int:
     parser.add_argument("--method", default="vla_pruner")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--demo", action="store_true", help="run vla-pruner demo (the ROS nodes) per target")
+    parser.add_argument("--duration", type=float, default=120.0, help="--demo: seconds per target")
+    parser.add_argument("--load-from-s", type=float, default=40.0, help="--demo: load start after the first step")
+    parser.add_argument("--load-until-s", type=float, default=80.0, help="--demo: load end after the first step")
     args = parser.parse_args(argv)
+    if args.demo:
+        return main_demo(args)
 
     import torch
 
@@ -143,6 +195,27 @@ def main(argv=None) -> int:
             f"ratio {part['mean_ratio']:.3f})" for name, part in summary[target].items()), flush=True)
     (args.out / "latency_budget.json").write_text(json.dumps(
         {"command": " ".join(sys.argv), "unpruned_ms": full, "summary": summary,
+         "steps": {str(k): v for k, v in results.items()}}, indent=1))
+    plot(results, args.out / "latency_budget.png")
+    print(f"wrote {args.out / 'latency_budget.json'}, {args.out / 'latency_budget.png'}")
+    return 0
+
+
+def main_demo(args) -> int:
+    args.out.mkdir(parents=True, exist_ok=True)
+    print("load average at start: %.2f %.2f %.2f" % os.getloadavg(), flush=True)
+    results, summary = {}, {}
+    for target in (float(t) for t in args.targets.split(",")):
+        rows = run_demo(args.checkpoint or "", target, args.duration, args.load_from_s, args.load_until_s,
+                        args.min_ratio, args.method, args.out / f"demo_stats_{target:g}.csv",
+                        args.out / f"demo_{target:g}.log")
+        results[target] = rows
+        summary[target] = summarize(rows, target, args.settle)
+        print(f"target {target:g} ms: " + "; ".join(
+            f"{name} {part['within_5pct']:.1%} of {part['steps']} steps within +5 % (mean {part['mean_ms']:.1f} ms, "
+            f"ratio {part['mean_ratio']:.3f})" for name, part in summary[target].items()), flush=True)
+    (args.out / "latency_budget.json").write_text(json.dumps(
+        {"command": " ".join(sys.argv), "load_average": os.getloadavg(), "summary": summary,
          "steps": {str(k): v for k, v in results.items()}}, indent=1))
     plot(results, args.out / "latency_budget.png")
     print(f"wrote {args.out / 'latency_budget.json'}, {args.out / 'latency_budget.png'}")

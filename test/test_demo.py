@@ -131,3 +131,57 @@ def test_demo_nodes_stop_when_the_demo_is_killed(tiny_checkpoint, tmp_path):
             process.kill()
         for pid in _wait_gone(children, 0.0):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_demo_method_variants_become_the_policy_nodes_prune_parameters():
+    """`vla-pruner demo --method` takes eval-sim's variant syntax; each field becomes its node parameter."""
+    from vla_pruner_ros.tools.demo import method_parameters
+
+    assert method_parameters("vla_pruner:target_ms=30:min_keep_ratio=0.1:prune_layer=2") == {
+        "prune.method": "vla_pruner", "prune.target_ms": 30.0, "prune.min_keep_ratio": 0.1, "prune.layer": 2}
+    assert method_parameters("fastv") == {"prune.method": "fastv"}
+    with pytest.raises(ValueError, match="not a policy node parameter"):
+        method_parameters("vla_pruner:unobserved=carry")  # an offline-only setting
+    with pytest.raises(ValueError, match="is not FIELD=VALUE"):
+        method_parameters("vla_pruner:no_such_field=1")
+    with pytest.raises(ValueError, match="target_ms"):
+        method_parameters("vla_pruner:target_ms=-5")
+    with pytest.raises(ValueError, match="unknown"):
+        method_parameters("fastest")
+
+
+def test_demo_monitor_writes_every_step_to_csv_and_says_how_often_the_budget_held(tmp_path, capsys):
+    from ros_harness import RosHarness, wait_for
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from vla_pruner_ros.msg import PrunerStats
+    from vla_pruner_ros.tools.monitor import DemoMonitor
+
+    harness = RosHarness()
+    try:
+        path = tmp_path / "stats.csv"
+        monitor = harness.add(DemoMonitor(stats_csv=str(path), context=harness.context))
+        sender = harness.node("stats_sender")
+        pub = sender.create_publisher(PrunerStats, "/vla_pruner_policy/stats",
+                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        wait_for(lambda: pub.get_subscription_count() > 0, 20.0, message="the monitor's subscription")
+        # one warm-up step, then five budgeted steps against a 30 ms target: 4 within +5 % (<= 31.5 ms)
+        for index, (ms, warmup, chosen) in enumerate([(50.0, True, float("nan")), (20.0, False, 1.0), (25.0, False, 1.0),
+                                                      (40.0, False, 0.5), (31.0, False, 0.4), (31.4, False, 0.4)]):
+            pub.publish(PrunerStats(step_index=index, method="vla_pruner", warmup=warmup, target_ms=30.0,
+                                    total_ms=ms, chosen_keep_ratio=chosen, visual_tokens_before=512,
+                                    visual_tokens_after=int(512 * (1.0 if warmup else chosen))))
+        wait_for(lambda: path.is_file() and len(path.read_text().splitlines()) == 7, 20.0, message="6 CSV rows")
+        monitor.print_summary()
+        monitor.close()
+    finally:
+        harness.close()
+    import csv
+
+    rows = list(csv.DictReader(path.open()))
+    assert [int(r["step_index"]) for r in rows] == list(range(6))
+    assert [float(r["total_ms"]) for r in rows] == pytest.approx([50.0, 20.0, 25.0, 40.0, 31.0, 31.4])
+    assert {"received_s", "stamp_s", "target_ms", "chosen_keep_ratio", "visual_tokens_after"} <= set(rows[0])
+    out = capsys.readouterr().out
+    assert "latency budget 30 ms: 4/5 steps after warm-up within +5 % (80%); chosen keep ratio median 0.50 " \
+           "(min 0.40, max 1.00)" in out, out

@@ -19,7 +19,10 @@ from pathlib import Path
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default="", help="OFT checkpoint directory (default: the shipped sim policy)")
-    parser.add_argument("--method", default=None, help="pruning method (default: config/policy.yaml's)")
+    parser.add_argument("--method", default=None,
+                        help="pruning method (default: config/policy.yaml's), with PrunerConfig fields as in eval-sim: "
+                             "METHOD:FIELD=VALUE..., e.g. vla_pruner:target_ms=30:min_keep_ratio=0.1 (each field "
+                             "becomes the node's prune.* parameter)")
     parser.add_argument("--keep-ratio", type=float, default=None, help="fraction of visual tokens kept")
     parser.add_argument("--instruction", default="", help="task instruction at start-up")
     parser.add_argument("--scene-seed", type=int, default=0, help="seed of the simulated cube layout")
@@ -27,6 +30,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--launch-arg", action="append", default=[], metavar="NAME:=VALUE",
                         help="any other launch argument of xarm6.launch.py (repeatable)")
     parser.add_argument("--log-dir", default="", help="where the nodes' logs go (default: $ROS_LOG_DIR/demo)")
+    parser.add_argument("--stats-csv", default="",
+                        help="also write every PrunerStats message (one row per policy step) to this CSV file")
+
+
+def method_parameters(method: str) -> dict:
+    """The policy node's ``prune.*`` parameters for ``--method`` (a method or a variant
+    ``METHOD:FIELD=VALUE...``, validated like eval-sim's); ValueError naming the problem."""
+    from vla_pruner_ros.pruning.config import pruner_setting
+    from vla_pruner_ros.pruning.variants import split_method
+
+    name, fields = split_method(method)
+    parameters = {"prune.method": name}
+    for field, value in fields.items():
+        ros_name = pruner_setting(field).ros_name
+        if ros_name is None:
+            raise ValueError(f"{method!r}: {field} is not a policy node parameter (an offline-only setting)")
+        parameters[ros_name] = list(value) if isinstance(value, tuple) else value
+    return parameters
 
 
 def _launch_values(args) -> dict[str, str]:
@@ -103,7 +124,11 @@ def run(args) -> int:
     policy_spec = next(spec for spec in plan.nodes if spec.executable == "policy_node")
     overrides = policy_spec.parameters[-1]  # the launch's own values come after the parameter files
     if args.method:
-        overrides["prune.method"] = args.method
+        try:
+            overrides.update(method_parameters(args.method))
+        except ValueError as error:
+            print(f"[demo] error: --method: {error}", file=sys.stderr)
+            return 2
     if args.keep_ratio is not None:
         overrides["prune.keep_ratio"] = args.keep_ratio
     log_dir = Path(args.log_dir or Path(os.environ.get("ROS_LOG_DIR", "/tmp")) / "demo")
@@ -140,7 +165,8 @@ def run(args) -> int:
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     instruction = overrides.get("instruction") or str(
         node_parameters(policy_spec.parameters[0], policy_spec.name).get("instruction", ""))
-    monitor = DemoMonitor(scene_seed=args.scene_seed, policy_node=policy_spec.name, instruction=instruction)
+    monitor = DemoMonitor(scene_seed=args.scene_seed, policy_node=policy_spec.name, instruction=instruction,
+                          stats_csv=args.stats_csv or None)
     for spec in plan.nodes:
         children.start(spec.name, spec.command())
     print("[demo] loading the policy ... (type an instruction + Enter to change the task, Ctrl-C to stop)")
@@ -166,6 +192,7 @@ def run(args) -> int:
         print("[demo] stopping nodes ...")
         children.stop()
         monitor.print_summary()
+        monitor.close()
         monitor.destroy_node()
         rclpy.try_shutdown()
     return code

@@ -2,6 +2,8 @@
 instruction typed by the user forwarded to the policy."""
 from __future__ import annotations
 
+import csv
+import math
 import re
 import statistics
 
@@ -25,8 +27,9 @@ def stats_to_fields(msg: PrunerStats) -> dict:
 
 
 class DemoMonitor(Node):
-    def __init__(self, scene_seed: int = 0, policy_node: str = "vla_pruner_policy", instruction: str = ""):
-        super().__init__("vla_pruner_demo_monitor")
+    def __init__(self, scene_seed: int = 0, policy_node: str = "vla_pruner_policy", instruction: str = "",
+                 stats_csv: str | None = None, context=None):
+        super().__init__("vla_pruner_demo_monitor", context=context)
         from vla_pruner_ros.sim.kinematics import XArm6Kinematics
         from vla_pruner_ros.sim.scene import Scene
 
@@ -39,6 +42,10 @@ class DemoMonitor(Node):
         self._input_ages: list[float] = []  # ms: oldest input of a step when its stats arrive here
         self._holds = 0  # diagnostics that went to ERROR (a held step: stale or bad input)
         self._steps = 0
+        # Latency budget (prune.target_ms > 0): (target, step ms) of each step after warm-up.
+        self._budget: list[tuple[float, float, float]] = []  # (target_ms, total_ms, chosen_keep_ratio)
+        self._csv_file = open(stats_csv, "w", newline="") if stats_csv else None
+        self._csv: csv.DictWriter | None = None
         # Per instruction: the first step at which eval-sim's success test held, and the closest pass.
         self._reached_at: int | None = None
         self._closest: tuple[float, str] | None = None  # (horizontal distance m, cube colour)
@@ -89,10 +96,32 @@ class DemoMonitor(Node):
         self._steps += 1
         if not fields["warmup"]:
             self._latencies.append(fields["total_ms"])
+            if fields["target_ms"] > 0:
+                self._budget.append((fields["target_ms"], fields["total_ms"], fields["chosen_keep_ratio"]))
+        if self._csv_file is not None:
+            self._write_row(fields)
         if msg.input_stamps:
             oldest = min(stamp.sec + stamp.nanosec * 1e-9 for stamp in msg.input_stamps)
             self._input_ages.append((self.get_clock().now().nanoseconds * 1e-9 - oldest) * 1e3)
         print(format_stats_line(fields) + self._target_text(fields["step_index"]), flush=True)
+
+    def _write_row(self, fields: dict) -> None:
+        # One row per step: the scalar fields, the header stamp, and when the monitor got it (wall clock,
+        # so that a run can be lined up with what else the machine did, e.g. a competing load).
+        row = {"received_s": self.get_clock().now().nanoseconds * 1e-9,
+               "stamp_s": fields["header"].stamp.sec + fields["header"].stamp.nanosec * 1e-9}
+        row.update({name: value for name, value in fields.items()
+                    if name not in ("header", "input_names", "input_stamps")})
+        if self._csv is None:
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=list(row))
+            self._csv.writeheader()
+        self._csv.writerow(row)
+        self._csv_file.flush()
+
+    def close(self) -> None:
+        if self._csv_file is not None:
+            self._csv_file.close()
+            self._csv_file = None
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -123,6 +152,15 @@ class DemoMonitor(Node):
                   f"max {max(self._latencies):.1f})")
         else:
             print(f"[demo] {self._steps} steps")
+        if self._budget:
+            for target in sorted({t for t, _, _ in self._budget}):
+                steps = [(ms, ratio) for t, ms, ratio in self._budget if t == target]
+                within = sum(ms <= 1.05 * target for ms, _ in steps)
+                ratios = [ratio for _, ratio in steps if not math.isnan(ratio)]
+                chosen = (f"; chosen keep ratio median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
+                          f"max {max(ratios):.2f})") if ratios else ""
+                print(f"[demo] latency budget {target:g} ms: {within}/{len(steps)} steps after warm-up within +5 % "
+                      f"({within / len(steps):.0%}){chosen}")
         if self._input_ages:
             print(f"[demo] age of a step's oldest input when its stats arrived: median "
                   f"{statistics.median(self._input_ages):.0f} ms, max {max(self._input_ages):.0f} ms; "
