@@ -208,12 +208,14 @@ def test_budget_converges_on_a_synthetic_cost_model_and_does_not_oscillate():
 
 def test_budget_follows_a_load_change_and_respects_the_minimum_ratio():
     budget = LatencyBudget(target_ms=50.0, min_keep_ratio=0.25)
-    slow = lambda step: 1.0 if step < 30 else (2.0 if step < 60 else 3.0)  # noqa: E731 - load steps up
-    chosen, _ = _simulate(budget, fixed=lambda s: 10.0 * slow(s), rate=lambda s: 0.2 * slow(s), steps=90)
+    slow = lambda step: 1.0 if step < 30 else (2.0 if step < 80 else 3.0)  # noqa: E731 - load steps up
+    chosen, times = _simulate(budget, fixed=lambda s: 10.0 * slow(s), rate=lambda s: 0.2 * slow(s), steps=110)
     assert chosen[29] == 200  # 10 + 0.2 * 200 = 50
-    # 2x slower: 20 + 0.4 * 75 = 50; the load step's prediction error leaves some headroom behind, and the
-    # hysteresis does not climb back for a token or two
-    assert 70 <= chosen[59] <= 75 and 20 + 0.4 * chosen[59] <= 50
+    # 2x slower: 20 + 0.4 * 75 = 50. The overshoots of the steps right after the load change are the
+    # headroom while they are in the window (20 steps), then it climbs back; the hysteresis may leave
+    # it a token or two short
+    assert np.all(times[40:80] <= 50.0 + 1e-9)
+    assert 70 <= chosen[79] <= 75 and 20 + 0.4 * chosen[79] <= 50
     assert chosen[-1] == 64  # 3x slower: 50 ms needs 33 tokens, below the minimum 0.25 * 256 = 64
     assert np.all(chosen >= 64)
     budget = LatencyBudget(target_ms=5.0, min_keep_ratio=0.5)  # unreachable: stays at the minimum
@@ -344,3 +346,18 @@ def test_budget_shrugs_off_a_lone_spike():
     chosen, _ = _simulate(budget, fixed=lambda s: 20.0 * spike(s), rate=lambda s: 0.25 * spike(s), steps=40)
     assert chosen[19] == 120 and chosen[-1] >= 110  # back near 120 once the headroom decays
     assert min(chosen[20:]) >= 60  # the spike did not send it to the minimum (13 tokens)
+
+
+def test_budget_meets_the_target_in_the_share_of_steps_it_aims_for():
+    """10 % measurement noise: the headroom is the 95 % quantile of recent overshoots, so >= 95 % of
+    the steps meet the target itself (the goal allows +5 %); aiming at the median misses ~1/3."""
+    for seed in range(3):
+        budget = LatencyBudget(target_ms=50.0, min_keep_ratio=0.05)
+        chosen, times = _simulate(budget, fixed=20.0, rate=0.25, steps=400, noise=0.1, seed=seed)
+        assert np.mean(times[40:] <= 50.0) >= 0.95 and np.mean(times[40:] <= 52.5) >= 0.98
+        assert chosen[40:].mean() > 80  # not pinned low: 120 tokens meet 50 ms without noise
+        median = LatencyBudget(target_ms=50.0, min_keep_ratio=0.05, quantile=0.5)
+        _, times = _simulate(median, fixed=20.0, rate=0.25, steps=400, noise=0.1, seed=seed)
+        assert np.mean(times[40:] <= 50.0) < 0.75
+    with pytest.raises(ValueError, match="quantile"):
+        LatencyBudget(target_ms=50.0, quantile=1.0)

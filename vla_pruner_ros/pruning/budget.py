@@ -19,9 +19,12 @@ share).  Both are exponentially weighted averages (`alpha`), so the model follow
 within a few steps.  Because the two parts are measured separately, one operating point identifies
 the model: no ratio sweep (no excitation) is needed.
 
-Noise: the model's recent mean absolute prediction error (`spread_ms`, an EWMA) is kept as
-headroom, so the controller aims at `limit = target - noise_margin * spread_ms`; on a steady machine
-the spread goes to 0 and the limit is the target itself.
+Noise: the goal is a share of steps (`quantile`, 95 %) within the target, so the headroom is that
+quantile of the model's recent overshoots (measured - predicted, the last `residual_window` steps):
+the controller aims at `limit = target - headroom`. A lone preempted step is the largest of the
+window and does not count at 95 % of 20. Until `min_residuals` steps are measured, the headroom is
+`noise_margin` x the mean absolute prediction error (`spread_ms`, an EWMA). On a steady machine
+both go to 0 and the limit is the target itself.
 
 Hysteresis (no oscillation): the count goes *down* as soon as the prediction at the current count
 misses the limit (to the largest count predicted within it); it goes *up* (to the largest count
@@ -32,8 +35,9 @@ keeps the count unchanged, so measurement noise smaller than the band moves it o
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Deque, Dict, Optional
 
 
 @dataclass
@@ -44,7 +48,10 @@ class LatencyBudget:
     alpha: float = 0.3  # EWMA weight of the newest measurement
     hysteresis: float = 0.08  # go up only when the current count is predicted this far below the target
     patience: int = 2  # consecutive steps that must allow going up
-    noise_margin: float = 1.0  # aim this many mean absolute prediction errors below the target
+    noise_margin: float = 1.0  # until min_residuals: aim this many mean absolute errors below the target
+    quantile: float = 0.95  # share of steps that should meet the target: headroom = this quantile of overshoots
+    residual_window: int = 20  # recent steps whose overshoots set the headroom
+    min_residuals: int = 8
     units: Optional[Callable[[int], float]] = None  # kept tokens -> cost units (default: kept tokens)
 
     fixed_ms: Optional[float] = field(default=None, init=False)
@@ -53,6 +60,7 @@ class LatencyBudget:
     predicted_ms: float = field(default=float("nan"), init=False)  # prediction for the count chosen last
     spread_ms: float = field(default=0.0, init=False)  # EWMA of |measured - predicted| step time
     _up_votes: int = field(default=0, init=False)
+    _residuals: Deque[float] = field(default=None, init=False, repr=False)  # measured - predicted (ms)
 
     def __post_init__(self):
         if not (isinstance(self.target_ms, (int, float)) and math.isfinite(self.target_ms) and self.target_ms > 0):
@@ -62,6 +70,9 @@ class LatencyBudget:
                              "expected 0 < min_keep_ratio <= max_keep_ratio <= 1")
         if not 0 < self.alpha <= 1 or not 0 <= self.hysteresis < 1 or self.patience < 1:
             raise ValueError("alpha must be in (0, 1], hysteresis in [0, 1), patience >= 1")
+        if not 0 < self.quantile < 1 or self.residual_window < 1 or not 1 <= self.min_residuals <= self.residual_window:
+            raise ValueError("quantile must be in (0, 1), residual_window >= 1, 1 <= min_residuals <= residual_window")
+        self._residuals = deque(maxlen=self.residual_window)
 
     # -- model ----------------------------------------------------------------------------------
     def _units(self, kept: int) -> float:
@@ -89,6 +100,8 @@ class LatencyBudget:
         if self.fitted:
             # how far off the model is: the controller keeps that much headroom (one preempted step
             # counts at most a quarter of the target, so a lone spike does not pin the ratio down)
+            overshoot = min(total_ms - self.predict(kept), 0.25 * self.target_ms)
+            self._residuals.append(overshoot)
             error = min(abs(total_ms - self.predict(kept)), 0.25 * self.target_ms)
             self.spread_ms = (1 - self.alpha) * self.spread_ms + self.alpha * error
             # a single measurement moves each part at most x1.5 (a sustained load change still gets
@@ -100,6 +113,14 @@ class LatencyBudget:
         self.fixed_ms = fixed if self.fixed_ms is None else (1 - a) * self.fixed_ms + a * fixed
         if rate is not None:
             self.rate = rate if self.rate is None else (1 - a) * self.rate + a * rate
+
+    @property
+    def headroom_ms(self) -> float:
+        """How far below the target the controller aims (see the module doc: Noise)."""
+        if len(self._residuals) < self.min_residuals:
+            return self.noise_margin * self.spread_ms
+        ordered = sorted(self._residuals)
+        return max(0.0, ordered[min(len(ordered) - 1, math.ceil(self.quantile * len(ordered)) - 1)])
 
     # -- controller -----------------------------------------------------------------------------
     def bounds(self, num_tokens: int) -> tuple[int, int]:
@@ -128,7 +149,7 @@ class LatencyBudget:
             self.predicted_ms = float("nan")
             return self.kept
         current = high if self.kept is None else min(max(self.kept, low), high)
-        limit = self.target_ms - self.noise_margin * self.spread_ms
+        limit = self.target_ms - self.headroom_ms
         if self.predict(current) > limit:  # missing the target: go down now
             current = self._largest_within(limit, low, current)
             self._up_votes = 0
