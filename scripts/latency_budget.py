@@ -62,7 +62,7 @@ def run(policy, observations, target_ms: float, steps: int, load_from: int, load
 
 
 def run_demo(checkpoint: str, target_ms: float, duration: float, load_from_s: float, load_until_s: float,
-             min_ratio: float, method: str, csv_path: Path, log_path: Path):
+             min_ratio: float, method: str, csv_path: Path, log_path: Path, load_processes: int = 1):
     """One `vla-pruner demo` run under the budget; rows as `run` returns them, from its stats CSV."""
     import csv
     import subprocess
@@ -81,9 +81,12 @@ def run_demo(checkpoint: str, target_ms: float, duration: float, load_from_s: fl
         first = time.time()
         load_window = (first + load_from_s, first + load_until_s)
         time.sleep(max(0.0, load_window[0] - time.time()))
-        load = multiprocessing.Process(target=_busy, args=(load_window[1],), daemon=True)
-        load.start()
-        load.join()
+        loads = [multiprocessing.Process(target=_busy, args=(load_window[1],), daemon=True)
+                 for _ in range(load_processes)]
+        for load in loads:
+            load.start()
+        for load in loads:
+            load.join()
         demo.wait()
     if demo.returncode != 0:
         raise SystemExit(f"vla-pruner demo exited with {demo.returncode}; see {log_path}")
@@ -162,6 +165,7 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=120.0, help="--demo: seconds per target")
     parser.add_argument("--load-from-s", type=float, default=40.0, help="--demo: load start after the first step")
     parser.add_argument("--load-until-s", type=float, default=80.0, help="--demo: load end after the first step")
+    parser.add_argument("--load-processes", type=int, default=1, help="--demo: busy processes of the competing load")
     args = parser.parse_args(argv)
     if args.demo:
         return main_demo(args)
@@ -208,7 +212,7 @@ def main_demo(args) -> int:
     for target in (float(t) for t in args.targets.split(",")):
         rows = run_demo(args.checkpoint or "", target, args.duration, args.load_from_s, args.load_until_s,
                         args.min_ratio, args.method, args.out / f"demo_stats_{target:g}.csv",
-                        args.out / f"demo_{target:g}.log")
+                        args.out / f"demo_{target:g}.log", args.load_processes)
         results[target] = rows
         summary[target] = summarize(rows, target, args.settle)
         print(f"target {target:g} ms: " + "; ".join(
