@@ -215,6 +215,8 @@ def test_episode_log_resumes_and_refuses_other_settings(shipped_policy, tmp_path
     again = evaluate(config, progress=False, policy=_NoCalls(shipped_policy), make_env=short_env, log_path=log)
     for key in ("episodes", "rows"):  # (compared as JSON text: NaN == NaN there)
         assert json.dumps(again[key], sort_keys=True) == json.dumps(first[key], sort_keys=True)
+    # the report says how much of it this run did not run itself
+    assert (first["resumed_episodes"], again["resumed_episodes"]) == (0, 4)
     with open(log, "a") as f:
         f.write('{"method": "none", "keep_ra')  # a line cut short by a kill is skipped
     assert len(EpisodeLog(log, config).done) == 4

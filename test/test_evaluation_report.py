@@ -80,12 +80,16 @@ def test_paired_report_rows():
     # FLOPs really spent, warm-up calls counted in full
     assert a["flops_spent_ratio"] == pytest.approx(0.7)
     assert b["flops_spent_ratio"] == pytest.approx((5 * 3.0 + 15 * 4.4) / (5 * 3.0 + 15 * 5.0))
+    # unpruned calls per episode: b's warm-up episodes 3 of 3, the others 3 of 5; a none; none all 5
+    assert (none["unpruned_calls_per_episode"], a["unpruned_calls_per_episode"],
+            b["unpruned_calls_per_episode"]) == pytest.approx((5.0, 0.0, 3.0))
     # success against radius: a's failures end at 3 cm, b's at 4.5 cm, none's at 6 cm
     assert a["success_at_radius"] == pytest.approx({"0.025": 0.6, "0.035": 1.0, "0.05": 1.0})
     assert b["success_at_radius"] == pytest.approx({"0.025": 0.8, "0.035": 0.8, "0.05": 1.0})
     assert none["success_at_radius"] == pytest.approx({"0.025": 0.9, "0.035": 0.9, "0.05": 0.9})
     text = format_paired_report(report)
     assert "-30.0 (0:6) p=0.031" in text and "vs none" in text and "vs a" in text
+    assert "unpr/ep" in text and " 0.700    0.00 " in text  # a's FLOPs and unpruned calls
 
 
 def test_duplicate_episode_refused():

@@ -94,6 +94,8 @@ def paired_report(outcomes: Iterable[EpisodeOutcome], references: Sequence[str] 
             "episodes_with_pruned_call": len(pruned),
             "success_when_pruned": (sum(e.success for e in pruned) / len(pruned)) if pruned else float("nan"),
             "flops_spent_ratio": (sum(spent) / sum(full)) if full and sum(full) > 0 else float("nan"),
+            # policy calls that ran every token (warm-up, refill after a new instruction), per episode
+            "unpruned_calls_per_episode": float(np.mean([e.policy_calls - e.pruned_calls for e in items])),
             "median_final_error": float(np.nanmedian(errors)) if has_error else float("nan"),
             "success_at_radius": {f"{r:g}": float(np.mean(errors <= r)) if has_error else float("nan")
                                   for r in radii},
@@ -122,7 +124,7 @@ def format_paired_report(report: dict) -> str:
     """The printed table: one line per configuration; a paired column pair per reference."""
     radii = report["radii"]
     refs = report["references"]
-    header = f"{'config':<22} {'n':>4} {'success [95% CI]':>22} {'pruned>=1':>13} {'FLOPs':>6}"
+    header = f"{'config':<22} {'n':>4} {'success [95% CI]':>22} {'pruned>=1':>13} {'FLOPs':>6} {'unpr/ep':>7}"
     header += "".join(f" {'<=' + format(r * 100, 'g') + 'cm':>8}" for r in radii)
     header += "".join(f" {'vs ' + ref:>24}" for ref in refs)
     lines = [header, "-" * len(header)]
@@ -130,7 +132,7 @@ def format_paired_report(report: dict) -> str:
         line = (f"{row['config']:<22} {row['episodes']:>4} "
                 f"{_pct(row['success_rate']):>6}% [{_pct(row['ci95_low']):>5}, {_pct(row['ci95_high']):>5}] "
                 f"{_pct(row['success_when_pruned'], 0):>4}% of {row['episodes_with_pruned_call']:>4} "
-                f"{row['flops_spent_ratio']:>6.3f}")
+                f"{row['flops_spent_ratio']:>6.3f} {row.get('unpruned_calls_per_episode', float('nan')):>7.2f}")
         line += "".join(f" {_pct(row['success_at_radius'][format(r, 'g')], 0):>7}%" for r in radii)
         for ref in refs:
             paired = row["paired"].get(ref)
@@ -145,7 +147,8 @@ def format_paired_report(report: dict) -> str:
         "",
         "success: share of episodes solved, 95% Wilson interval.  pruned>=1: success on the episodes with at",
         "least one pruned policy call, of how many.  FLOPs: LLM FLOPs really spent over all episodes (warm-up",
-        "calls count in full) / the same calls unpruned.  <=r: share of episodes whose final error is within r.",
+        "calls count in full) / the same calls unpruned.  unpr/ep: policy calls per episode that ran every token",
+        "(warm-up included).  <=r: share of episodes whose final error is within r.",
         "vs REF: paired difference in success points on the same episodes, (discordant: only this : only REF),",
         "exact two-sided McNemar p.  A method-name reference compares at the same keep ratio.",
     ]

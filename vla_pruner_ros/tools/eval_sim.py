@@ -88,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(results))
     print()
     print(format_paired_report(results["paired"]))
-    print(f"wall time {results['wall_s']:.0f} s; wrote {', '.join(paths.values())}")
+    resumed = results.get("resumed_episodes", 0)
+    print(f"wall time {results['wall_s']:.0f} s" + (f" ({resumed} episodes from the log)" if resumed else "")
+          + f"; wrote {', '.join(paths.values())}")
     return 0
 
 

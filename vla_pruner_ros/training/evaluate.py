@@ -294,6 +294,7 @@ def evaluate(config: EvalConfig, progress: bool = True, policy=None,
         from tqdm import tqdm
         bar = tqdm(total=len(pairs) * config.episodes, desc="eval-sim", unit="ep", dynamic_ncols=True)
     rows, episodes_out = [], []
+    resumed = 0  # episodes taken from the log instead of run now
     by_config: dict[tuple[str, float], list[EpisodeResult]] = {pair: [] for pair in pairs}
     try:
         # Seed-major: every configuration runs scene i before any runs scene i + 1, so a run stopped
@@ -308,6 +309,8 @@ def evaluate(config: EvalConfig, progress: bool = True, policy=None,
                                          config.max_joint_velocity, task=config.task)
                     if log is not None:
                         log.add(method, ratio, result)
+                else:
+                    resumed += 1
                 results.append(result)
                 if bar is not None:
                     bar.update(1)
@@ -324,7 +327,7 @@ def evaluate(config: EvalConfig, progress: bool = True, policy=None,
         policy.set_pruner(None)
     return {"config": asdict(config), "expert": expert, "rows": rows, "episodes": episodes_out,
             "num_visual_tokens": policy.num_visual_tokens, "num_layers": policy.num_layers,
-            "wall_s": time.time() - started}
+            "wall_s": time.time() - started, "resumed_episodes": resumed}
 
 
 def _episode_dict(result: EpisodeResult) -> dict:
@@ -399,7 +402,9 @@ def write_results(results: dict, out_dir: str | os.PathLike, command: str | None
         for row in results["rows"]:
             writer.writerow(row)
     table = format_table(results) + "\n\n" + format_paired_report(report)
-    lines = [table, "", f"wall time: {results['wall_s']:.0f} s"]
+    resumed = results.get("resumed_episodes", 0)
+    lines = [table, "", f"wall time: {results['wall_s']:.0f} s"
+             + (f" (this run; {resumed} episodes were read from the log of an earlier run)" if resumed else "")]
     if command:
         lines.append(f"command: {command}")
     paths["table"].write_text("\n".join(lines) + "\n", encoding="utf-8")
