@@ -178,6 +178,29 @@ def test_widen_fallback_keeps_more_tokens():
     assert selection.diagnostics["fallback"] == "widen" and selection.diagnostics["num_kept"] == 4
 
 
+def test_widen_fallback_stays_within_a_latency_target():
+    """With prune.target_ms set, a widened step may use what the target still allows, not more."""
+    config = PrunerConfig(keep_ratio=0.25, prune_layer=2, shift_fallback="widen", shift_widen=4.0,
+                          shift_image_threshold=0.0, shift_overlap_threshold=0.5, target_ms=30.0,
+                          min_keep_ratio=0.125)
+    s_vl, now, past, eye = _scores()
+    pruner = make_pruner(config)
+    for _ in range(config.window + 3):  # fill the history and fit the cost model: 10 ms + 5 ms per token
+        plan = pruner.plan(M, 6)
+        pruner.observe(past)
+        kept = plan.budget if plan.prune else M
+        pruner.record_step(10.0 + 5.0 * kept, 5.0 * kept, kept)
+    assert pruner.latency.affordable(M) == 4  # 30 ms at 4 tokens; the budget is keep_ratio 0.25 of 8 = 2
+    plan = pruner.plan(M, 6)
+    selection = pruner.select(features=eye, prefill_scores={"vl": s_vl, "action": now})
+    assert selection.diagnostics["fallback"] == "widen"
+    assert selection.diagnostics["num_kept"] == 4  # not 4 x 2 = 8 tokens: that would take 50 ms
+    pruner.latency.target_ms = 50.0  # a looser target leaves room: 8 tokens
+    plan = pruner.plan(M, 6)
+    selection = pruner.select(features=eye, prefill_scores={"vl": s_vl, "action": now})
+    assert selection.diagnostics["fallback"] == "widen" and selection.diagnostics["num_kept"] == 8
+
+
 # ------------------------------------------------------------------ 3. latency budget
 def _simulate(budget, fixed, rate, steps, num_tokens=256, noise=0.0, seed=0):
     rng = np.random.default_rng(seed)

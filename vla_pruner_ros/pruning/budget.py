@@ -165,6 +165,15 @@ class LatencyBudget:
         self.predicted_ms = self.predict(current)
         return current
 
+    def affordable(self, num_tokens: int) -> int:
+        """The largest count up to every token (keep_ratio's ceiling ignored) predicted within the
+        target: what a fallback that widens the budget may still use.  Every token before the first
+        measurement."""
+        if not self.fitted:
+            return num_tokens
+        low = self.bounds(num_tokens)[0]
+        return self._largest_within(self.target_ms - self.headroom_ms, low, num_tokens)
+
     def diagnostics(self, num_tokens: int) -> Dict[str, float]:
         return {
             "target_ms": float(self.target_ms),

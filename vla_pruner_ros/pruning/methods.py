@@ -206,7 +206,10 @@ class Pruner:
         elif self._decision.fired:
             self._fallback = self.config.shift_fallback
         if self._fallback == "widen" or (self._refill and self.config.shift_fallback == "widen"):
-            return min(num_tokens, int(math.ceil(budget * self.config.shift_widen)))
+            widened = min(num_tokens, int(math.ceil(budget * self.config.shift_widen)))
+            if self.latency is not None:  # a latency target holds on fallback steps too
+                widened = max(budget, min(widened, self.latency.affordable(num_tokens)))
+            return widened
         return budget
 
     def _action_level(self, scores, device) -> torch.Tensor:
