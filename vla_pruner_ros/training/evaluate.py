@@ -44,6 +44,7 @@ from ..evaluation.report import DEFAULT_RADII, EpisodeOutcome, config_label, for
     write_paired_report
 from ..evaluation.stats import WILSON_Z, wilson_interval  # noqa: F401  (re-exported)
 from ..pruning import METHODS, PrunerConfig
+from ..pruning.config import pruner_setting
 from ..pruning.variants import variant_config
 from ..sim import SimEnv, make_expert, run_expert_episode
 from ..sim.task import TASKS
@@ -64,8 +65,9 @@ class EvalConfig:
     actions_per_step: int = 4  # the node's default
     control_period: float = 0.1  # 1 / the node's control_rate
     max_joint_velocity: float = 1.0  # rad/s, the node's default (config/policy.yaml)
-    prune_layer: int = 3  # K
-    window: int = 3  # VLA-Pruner's w (also its warm-up length)
+    # K and VLA-Pruner's w (also its warm-up length): PrunerConfig's declared defaults (one home)
+    prune_layer: int = pruner_setting("prune_layer").default
+    window: int = pruner_setting("window").default
     include_expert: bool = True
     threads: int = 2
     dtype: str = "float32"  # load_policy's dtype ("auto" may pick bf16 on a CPU with native bf16)
