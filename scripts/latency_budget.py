@@ -188,17 +188,25 @@ def main(argv=None) -> int:
         policy.predict(obs.images, obs.proprio, obs.instruction)
     full = [policy.predict(o.images, o.proprio, o.instruction).timings["total"] for o in observations[:5]]
     print(f"unpruned step: median {sorted(full)[2]:.1f} ms", flush=True)
+    return run_targets(args, lambda target: run(policy, observations, target, args.steps, args.load_from,
+                                                args.load_until, args.min_ratio, args.method),
+                       lambda: {"unpruned_ms": full})
+
+
+def run_targets(args, run_target, extra) -> int:
+    """Both modes' loop: per target, the rows of `run_target(target)`, their summary printed;
+    then latency_budget.json (the command, `extra()` read at the end, summaries, rows) and
+    latency_budget.png."""
     results, summary = {}, {}
     for target in (float(t) for t in args.targets.split(",")):
-        rows = run(policy, observations, target, args.steps, args.load_from, args.load_until, args.min_ratio,
-                   args.method)
+        rows = run_target(target)
         results[target] = rows
         summary[target] = summarize(rows, target, args.settle)
         print(f"target {target:g} ms: " + "; ".join(
             f"{name} {part['within_5pct']:.1%} of {part['steps']} steps within +5 % (mean {part['mean_ms']:.1f} ms, "
             f"ratio {part['mean_ratio']:.3f})" for name, part in summary[target].items()), flush=True)
     (args.out / "latency_budget.json").write_text(json.dumps(
-        {"command": " ".join(sys.argv), "unpruned_ms": full, "summary": summary,
+        {"command": " ".join(sys.argv), **extra(), "summary": summary,
          "steps": {str(k): v for k, v in results.items()}}, indent=1))
     plot(results, args.out / "latency_budget.png")
     print(f"wrote {args.out / 'latency_budget.json'}, {args.out / 'latency_budget.png'}")
@@ -208,22 +216,10 @@ def main(argv=None) -> int:
 def main_demo(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     print("load average at start: %.2f %.2f %.2f" % os.getloadavg(), flush=True)
-    results, summary = {}, {}
-    for target in (float(t) for t in args.targets.split(",")):
-        rows = run_demo(args.checkpoint or "", target, args.duration, args.load_from_s, args.load_until_s,
-                        args.min_ratio, args.method, args.out / f"demo_stats_{target:g}.csv",
-                        args.out / f"demo_{target:g}.log", args.load_processes)
-        results[target] = rows
-        summary[target] = summarize(rows, target, args.settle)
-        print(f"target {target:g} ms: " + "; ".join(
-            f"{name} {part['within_5pct']:.1%} of {part['steps']} steps within +5 % (mean {part['mean_ms']:.1f} ms, "
-            f"ratio {part['mean_ratio']:.3f})" for name, part in summary[target].items()), flush=True)
-    (args.out / "latency_budget.json").write_text(json.dumps(
-        {"command": " ".join(sys.argv), "load_average": os.getloadavg(), "summary": summary,
-         "steps": {str(k): v for k, v in results.items()}}, indent=1))
-    plot(results, args.out / "latency_budget.png")
-    print(f"wrote {args.out / 'latency_budget.json'}, {args.out / 'latency_budget.png'}")
-    return 0
+    return run_targets(args, lambda target: run_demo(
+        args.checkpoint or "", target, args.duration, args.load_from_s, args.load_until_s, args.min_ratio,
+        args.method, args.out / f"demo_stats_{target:g}.csv", args.out / f"demo_{target:g}.log",
+        args.load_processes), lambda: {"load_average": os.getloadavg()})
 
 
 if __name__ == "__main__":

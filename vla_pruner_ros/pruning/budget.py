@@ -100,9 +100,9 @@ class LatencyBudget:
         if self.fitted:
             # how far off the model is: the controller keeps that much headroom (one preempted step
             # counts at most a quarter of the target, so a lone spike does not pin the ratio down)
-            overshoot = min(total_ms - self.predict(kept), 0.25 * self.target_ms)
-            self._residuals.append(overshoot)
-            error = min(abs(total_ms - self.predict(kept)), 0.25 * self.target_ms)
+            residual = total_ms - self.predict(kept)
+            self._residuals.append(min(residual, 0.25 * self.target_ms))
+            error = min(abs(residual), 0.25 * self.target_ms)
             self.spread_ms = (1 - self.alpha) * self.spread_ms + self.alpha * error
             # a single measurement moves each part at most x1.5 (a sustained load change still gets
             # through in a few steps: 1.5^n; a lone spike does not)

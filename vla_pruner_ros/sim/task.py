@@ -20,10 +20,10 @@ from .scene import Scene
 
 TASKS = {
     "above": "move the gripper above the {colour} cube",
-    "above_switch": "move the gripper above the {colour} cube",
     "touch": "move the gripper above the {colour} cube then touch it",
     pregrasp.TASK_NAME: pregrasp.INSTRUCTION,
 }
+TASKS["above_switch"] = TASKS["above"]  # "above" with a second instruction on the way (make_episode)
 REACH_TASKS = ("above", "touch", "above_switch")  # success is a test on the TCP position alone (``success``)
 # control steps (0.1 s each at the default period)
 MAX_STEPS = {"above": 60, "touch": 80, "above_switch": 80, pregrasp.TASK_NAME: pregrasp.MAX_STEPS}
@@ -41,9 +41,9 @@ class SuccessRegion(NamedTuple):
 
 SUCCESS_REGIONS = {
     "above": SuccessRegion(0.025, 0.03, 0.10),
-    "above_switch": SuccessRegion(0.025, 0.03, 0.10),
     "touch": SuccessRegion(0.02, -0.005, 0.015),
 }
+SUCCESS_REGIONS["above_switch"] = SUCCESS_REGIONS["above"]
 
 
 class Episode(NamedTuple):

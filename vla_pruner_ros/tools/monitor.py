@@ -42,8 +42,8 @@ class DemoMonitor(Node):
         self._input_ages: list[float] = []  # ms: oldest input of a step when its stats arrive here
         self._holds = 0  # diagnostics that went to ERROR (a held step: stale or bad input)
         self._steps = 0
-        # Latency budget (prune.target_ms > 0): (target, step ms) of each step after warm-up.
-        self._budget: list[tuple[float, float, float]] = []  # (target_ms, total_ms, chosen_keep_ratio)
+        # Latency budget (prune.target_ms > 0), each step after warm-up: (target_ms, total_ms, chosen_keep_ratio)
+        self._budget: list[tuple[float, float, float]] = []
         self._csv_file = open(stats_csv, "w", newline="") if stats_csv else None
         self._csv: csv.DictWriter | None = None
         # Per instruction: the first step at which eval-sim's success test held, and the closest pass.
