@@ -341,6 +341,29 @@ def test_pregrasp_dataset_follows_the_instruction_of_the_moment(pregrasp_dataset
     assert np.array_equal(data.target_class, 1 + data.target_cube)
 
 
+def test_yaw_probe_labels_are_the_fingers_error_to_the_named_cube(pregrasp_dataset, small_dataset):
+    """Yaw probe labels (training only): (sin 4e, cos 4e) of the fingers' error to the named cube's
+    nearest face; square (cos 4e = 1) once the expert holds the grasp, and absent on the reach task."""
+    from vla_pruner_ros.sim import pregrasp as pg
+    from vla_pruner_ros.sim.kinematics import XArm6Kinematics
+
+    _, path, _ = pregrasp_dataset
+    data = SimDataset(path)
+    assert data.has_yaw.all() and data.target_yaw.shape == (len(data), 2)
+    np.testing.assert_allclose(np.linalg.norm(data.target_yaw, axis=1), 1.0, atol=1e-5)
+    episode = make_episode(data.meta["episodes"][0]["seed"], "pregrasp")
+    kinematics = XArm6Kinematics()
+    for row in (0, len(data) // 2, len(data) - 1):
+        cube = episode.scene.cubes[data.target_cube[row]]
+        error = pg.yaw_error(cube.yaw, pg.finger_yaw(kinematics, data.proprio[row, :6].astype(np.float64)))
+        np.testing.assert_allclose(data.target_yaw[row], [np.sin(4 * error), np.cos(4 * error)], atol=1e-5)
+    # Holding the grasp at the end: square within the task's tolerance; earlier samples are not all square.
+    assert data.target_yaw[-1, 1] >= np.cos(4 * pg.GRASP_YAW_TOLERANCE)
+    assert data.target_yaw[:, 1].min() < np.cos(4 * pg.GRASP_YAW_TOLERANCE)
+    reach = SimDataset(small_dataset[1])
+    assert not reach.has_yaw.any() and not reach.target_yaw.any()
+
+
 def test_warm_start_copies_the_source_and_starts_new_layers_as_identities(tmp_path):
     from vla_pruner_ros.training.train import warm_start
 
@@ -423,3 +446,31 @@ def test_warm_start_from_the_same_task_keeps_the_source_normalisation(pregrasp_d
     (tmp_path / "other" / "dataset_statistics.json").write_text(json.dumps({"xarm6_sim_reach": source}))
     assert inherited_statistics(tmp_path / "same", path) == source
     assert inherited_statistics(tmp_path / "other", path) is None and inherited_statistics(None, path) is None
+
+
+def test_yaw_probe_loss_counts_only_the_samples_that_have_a_yaw_label():
+    from vla_pruner_ros.training.train import TrainingProbes
+
+    torch.manual_seed(0)
+    probes = TrainingProbes(width=8)
+    batch_size, tokens = 3, 4
+    details = {"visual": torch.randn(batch_size, tokens, 8), "visual_hidden": torch.randn(batch_size, tokens, 8),
+               "readout": torch.randn(batch_size, 5, 8)}
+    batch = {"patch_classes": torch.zeros(batch_size, tokens, dtype=torch.int8),
+             "patch_cubes": torch.zeros(batch_size, tokens, dtype=torch.int8),
+             "target_class": torch.ones(batch_size, dtype=torch.int8), "target_xy": torch.zeros(batch_size, 2),
+             "target_yaw": torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, -1.0]]),
+             "has_yaw": torch.tensor([True, False, True])}
+    got = probes.losses(details, batch)
+    predicted = probes.yaw(details["readout"].mean(dim=1))
+    expected = (predicted - batch["target_yaw"]).abs().sum(dim=1)[[0, 2]].mean()
+    torch.testing.assert_close(got["yaw"], expected)
+    # the wrist probe reads only the named cube's wrist patch: token 3 of sample 0 (tokens 2-3 are
+    # the wrist view); sample 2's named cube shows only in the fixed view, sample 1 has no label
+    assert "wrist_yaw" not in got
+    batch["patch_cubes"] = torch.tensor([[1, 0, 0, 1], [0, 0, 0, 1], [1, 0, 0, 0]], dtype=torch.int8)
+    got = probes.losses(details, batch)
+    expected = (probes.wrist_yaw(details["visual"][0, 3]) - batch["target_yaw"][0]).abs().sum()
+    torch.testing.assert_close(got["wrist_yaw"], expected)
+    batch["has_yaw"] = torch.zeros(batch_size, dtype=torch.bool)  # the reach task: no yaw term at all
+    assert "yaw" not in probes.losses(details, batch)

@@ -35,7 +35,8 @@ import torch
 
 from ..model.processing_oft import resize_for_policy
 from ..sim import CUBE_COLOURS, ScriptedExpert, SimEnv
-from ..sim.pregrasp import TASK_NAME as PREGRASP
+from ..sim.kinematics import XArm6Kinematics
+from ..sim.pregrasp import TASK_NAME as PREGRASP, finger_yaw, yaw_error
 from ..sim.scene import CUBE_REGION
 from ..sim.task import MAX_STEPS, TASKS, make_episode, make_expert, success
 
@@ -392,6 +393,13 @@ def cube_patch_classes(joints: np.ndarray, scenes: list, image_size: int, grid: 
 
 
 # ------------------------------------------------------------------------------ loading
+def pregrasp_yaw_errors(joints: np.ndarray, cube_yaws) -> np.ndarray:
+    """Yaw error (rad, to the nearest face) between each cube and the fingers at ``joints`` (N, 6)."""
+    kinematics = XArm6Kinematics()
+    return np.array([yaw_error(cube_yaw, finger_yaw(kinematics, q)) for q, cube_yaw in zip(joints, cube_yaws)],
+                    dtype=np.float64)
+
+
 class SimDataset:
     """A recorded dataset in memory: uint8 views, normalised proprio and action chunks."""
 
@@ -436,6 +444,15 @@ class SimDataset:
         self.patch_cubes = cube_patch_classes(self.proprio[:, :6], sample_scenes, image_size, image_size // 14,
                                               by="cube")
         self.target_class = (1 + self.target_cube).astype(np.int8)
+        # The yaw probe's label (pregrasp only, where the fingers must be square to the named cube):
+        # the yaw error to the nearest face as (sin 4e, cos 4e), continuous across the 90-degree
+        # symmetry of a cube; other tasks do not depend on yaw and get no yaw term (has_yaw False).
+        self.has_yaw = np.full(len(self.chunks), task == PREGRASP)
+        self.target_yaw = np.zeros((len(self.chunks), 2), dtype=np.float32)
+        if task == PREGRASP:
+            errors = pregrasp_yaw_errors(self.proprio[:, :6],
+                                         [scenes[e].cubes[k].yaw for e, k in zip(self.episode, self.target_cube)])
+            self.target_yaw = np.stack([np.sin(4 * errors), np.cos(4 * errors)], axis=1).astype(np.float32)
 
     def __len__(self) -> int:
         return len(self.chunks)
