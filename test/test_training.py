@@ -474,3 +474,36 @@ def test_yaw_probe_loss_counts_only_the_samples_that_have_a_yaw_label():
     torch.testing.assert_close(got["wrist_yaw"], expected)
     batch["has_yaw"] = torch.zeros(batch_size, dtype=torch.bool)  # the reach task: no yaw term at all
     assert "yaw" not in probes.losses(details, batch)
+
+
+def test_wrist_yaw_pretraining_trains_the_towers_on_near_cube_samples(small_dataset, tmp_path):
+    """train-sim's optional first phase (pregrasp): the vision towers alone learn the wrist-view yaw
+    on the near-cube samples, then the policy trains as usual; its summary is kept."""
+    from vla_pruner_ros.training.near_states import NearStatesConfig, collect
+    from vla_pruner_ros.training.dagger import append_records
+    from vla_pruner_ros.training.train import near_cube_samples
+
+    base = tmp_path / "base.npz"
+    build_dataset(DatasetConfig(num_scenes=1, first_seed=9, task="pregrasp", image_size=112, hover_steps=0,
+                                detour_probability=0.0, seed=3), base, progress=False)
+    records, episodes = collect(NearStatesConfig(dataset=str(base), out="", scenes=1, per_scene=24), progress=False)
+    path = tmp_path / "near.npz"
+    append_records(base, records, episodes, path, compress=False)
+    data = SimDataset(path)
+    near = near_cube_samples(data, np.arange(len(data)))
+    assert set(np.flatnonzero(data.episode == 1)) <= set(near.tolist()) and len(near) < len(data)
+    config = TrainConfig(dataset=str(path), out_dir=str(tmp_path / "ckpt"), work_dir=str(tmp_path / "work"),
+                         steps=1, batch_size=2, warmup_steps=0, eval_every=1, save_every=1, eval_samples=2,
+                         validation_fraction=0.0, yaw_pretrain_steps=40, yaw_pretrain_batch=8)
+    summary = train(config, progress=False)
+    pretrain = summary["yaw_pretrain"]
+    assert pretrain["steps"] == 40 and pretrain["train_samples"] == len(near)
+    assert pretrain["final_mse"] < pretrain["first_mse"]
+    # the towers moved: they are not the fresh initialisation the policy started from
+    trained = load_checkpoint(tmp_path / "ckpt").model.state_dict()
+    fresh = build_model("xarm6-sim", seed=0).state_dict()
+    name = next(n for n in fresh if n.startswith("vision_backbone") and n.endswith("weight") and fresh[n].ndim == 2)
+    assert not torch.allclose(trained[name], fresh[name].to(torch.bfloat16).float())
+    with pytest.raises(ValueError, match="no near-cube samples"):
+        train(TrainConfig(**{**config.__dict__, "dataset": str(small_dataset[1]), "work_dir": str(tmp_path / "w2"),
+                             "out_dir": str(tmp_path / "c2")}), progress=False)

@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--warmup", type=int, default=100, help="warm-up steps")
     train.add_argument("--aux-weight", type=float, default=0.5,
                        help="weight of the training-only target-position loss (0: plain OFT L1 only)")
+    train.add_argument("--yaw-pretrain-steps", type=int, default=0,
+                       help="pregrasp: first train the vision towers alone to read the yaw error from the wrist "
+                            "view, for this many batches of near-cube samples (0: no; see "
+                            "training.train.pretrain_wrist_yaw)")
     train.add_argument("--eval-every", type=int, default=100, help="validation loss every N steps")
     train.add_argument("--eval-samples", type=int, default=384, help="validation samples per evaluation")
     train.add_argument("--save-every", type=int, default=100, help="save the training state every N steps")
@@ -91,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
                          preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                          learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed, threads=args.threads,
                          aux_weight=args.aux_weight, init_from=args.init_from, eval_every=args.eval_every,
+                         yaw_pretrain_steps=args.yaw_pretrain_steps,
                          eval_samples=args.eval_samples, save_every=args.save_every,
                          loss_plot=args.plot, overwrite=args.overwrite, resume=not args.no_resume)
     summary = train(config)

@@ -30,6 +30,7 @@ from ..model.checkpoint import PRESETS, build_model, save_checkpoint
 from ..model.processing_oft import PromptBuilder, load_tokenizer
 from ..model.tokenization_oft import build_tokenizer, save_tokenizer_files
 from ..sim import CUBE_COLOURS
+from ..sim.task import make_episode
 from .dataset import VIEW_NAMES, SimDataset, pixel_tensor
 
 UNNORM_KEY = "xarm6_sim_reach"
@@ -79,6 +80,11 @@ class TrainConfig:
     aux_weight: float = 0.5  # weight of the training-only probe losses (0: plain OFT L1 only)
     loss_plot: str | None = None  # PNG path; default work_dir/loss_curve.png
     init_from: str | None = None  # a trained checkpoint to start from (warm_start); None: random init
+    # pregrasp: before step 1, train the vision towers alone to read the yaw error from the wrist view
+    # (pretrain_wrist_yaw) for this many batches of ``yaw_pretrain_batch`` near-cube samples
+    yaw_pretrain_steps: int = 0
+    yaw_pretrain_batch: int = 32
+    yaw_pretrain_lr: float = 5e-4
     overwrite: bool = False
     resume: bool = True
 
@@ -97,6 +103,10 @@ class TrainConfig:
         if self.warmup_steps < 0 or self.weight_decay < 0 or not self.grad_clip > 0:
             raise ValueError("TrainConfig: warmup_steps and weight_decay must be >= 0, grad_clip > 0 "
                              f"(got {self.warmup_steps}, {self.weight_decay}, {self.grad_clip})")
+        if self.yaw_pretrain_steps < 0 or self.yaw_pretrain_batch < 1 or not self.yaw_pretrain_lr > 0:
+            raise ValueError("TrainConfig: yaw_pretrain_steps must be >= 0, yaw_pretrain_batch >= 1, "
+                             f"yaw_pretrain_lr > 0 (got {self.yaw_pretrain_steps}, {self.yaw_pretrain_batch}, "
+                             f"{self.yaw_pretrain_lr})")
         if not self.aux_weight >= 0:
             raise ValueError(f"TrainConfig.aux_weight={self.aux_weight!r}: expected >= 0")
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -292,6 +302,86 @@ class TrainingProbes(torch.nn.Module):
         return out
 
 
+def near_cube_samples(dataset: SimDataset, indices: np.ndarray, max_horizontal: float = 0.05) -> np.ndarray:
+    """Those of ``indices`` with a yaw label and the TCP within ``max_horizontal`` (m) of the named
+    cube's axis: the states where the wrist view shows that cube close up."""
+    from ..sim.kinematics import XArm6Kinematics
+
+    indices = indices[dataset.has_yaw[indices]]
+    if not len(indices):
+        return indices
+    kinematics = XArm6Kinematics()
+    task = dataset.config.get("task", "above")
+    scenes = {e: make_episode(dataset.meta["episodes"][e]["seed"], task).scene for e in np.unique(dataset.episode[indices])}
+    tcp = kinematics.tcp_pose(dataset.proprio[indices, :6].astype(np.float64))[:, :2, 3]
+    centres = np.array([scenes[e].cubes[k].position[:2] for e, k in zip(dataset.episode[indices],
+                                                                        dataset.target_cube[indices])])
+    return indices[np.linalg.norm(tcp - centres, axis=1) < max_horizontal]
+
+
+def pretrain_wrist_yaw(model, make_batch: "BatchMaker", train_indices: np.ndarray, val_indices: np.ndarray,
+                       steps: int, batch_size: int, learning_rate: float, rng: np.random.Generator,
+                       progress: bool = True) -> dict:
+    """Train the vision towers and projector alone to read the yaw error (as (sin 4e, cos 4e)) from
+    the wrist view, through an attention-pooled head that is dropped afterwards.
+
+    Why: with the whole policy's losses the towers learn this far too slowly (a linear read-out of
+    the yaw from run9's features was no better than a constant; the yaw probes barely moved in 2000
+    steps), while this direct task teaches the same towers to 3-4 degrees in a few hundred batches
+    (measured on rendered wrist views). Returns the validation error before and after."""
+    vision = torch.nn.Sequential(model.vision_backbone, model.projector)
+    width = model.config.text_config.hidden_size
+    pool = torch.nn.Linear(width, 1)
+    head = torch.nn.Sequential(torch.nn.Linear(width, 64), torch.nn.GELU(), torch.nn.Linear(64, 2))
+    parameters = list(vision.parameters()) + list(pool.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+
+    def predict(indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = make_batch(indices)
+        wrist = batch["pixel_values"][:, 1]  # (B, 6, S, S): the second view
+        tokens = vision(wrist).reshape(len(indices), -1, width)
+        weights = torch.softmax(pool(tokens.float())[..., 0], dim=1)
+        return head((weights[..., None] * tokens.float()).sum(dim=1)), batch["target_yaw"]
+
+    def validation_degrees() -> float:
+        if not len(val_indices):
+            return float("nan")
+        vision.eval()
+        errors = []
+        with torch.no_grad():
+            for start in range(0, len(val_indices), 64):
+                predicted, target = predict(val_indices[start:start + 64])
+                angle = torch.atan2(predicted[:, 0], predicted[:, 1]) - torch.atan2(target[:, 0], target[:, 1])
+                errors.append(torch.rad2deg(torch.remainder(angle + np.pi, 2 * np.pi) - np.pi).abs() / 4)
+        vision.train()
+        return float(torch.cat(errors).median())
+
+    before = validation_degrees()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=steps, desc="yaw-pretrain", unit="step", dynamic_ncols=True)
+    smoothed, first = None, None
+    for _ in range(steps):
+        predicted, target = predict(rng.choice(train_indices, size=batch_size))
+        loss = ((predicted - target) ** 2).sum(dim=1).mean()
+        value = float(loss.detach())
+        first = value if first is None else first
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({"mse": f"{smoothed:.3f}"})
+    if bar is not None:
+        bar.close()
+    return {"steps": steps, "train_samples": int(len(train_indices)), "val_samples": int(len(val_indices)),
+            "val_median_deg_before": before, "val_median_deg_after": validation_degrees(),
+            "first_mse": first, "final_mse": smoothed}
+
+
 def losses(model, probes: TrainingProbes | None, batch: dict, stop_token_id: int) -> dict[str, torch.Tensor]:
     """{"action": L1 on the normalised chunk} plus the probes' terms (when given)."""
     details = model.forward_batch(batch["pixel_values"], batch["input_ids"], stop_token_id, batch["proprio"],
@@ -421,6 +511,16 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     elif config.init_from:
         print(f"train-sim: warm start from {config.init_from}: {warm_start(model, config.init_from)}")
     model.train()
+    yaw_pretrain = state.get("yaw_pretrain") if step else None
+    if config.yaw_pretrain_steps and step == 0:
+        near_train, near_val = near_cube_samples(dataset, train_idx), near_cube_samples(dataset, val_idx)
+        if not len(near_train):
+            raise ValueError(f"dataset {config.dataset}: no near-cube samples with a yaw label for "
+                             "yaw_pretrain_steps (a pregrasp dataset is needed)")
+        yaw_pretrain = pretrain_wrist_yaw(model, make_batch, near_train, near_val, config.yaw_pretrain_steps,
+                                          config.yaw_pretrain_batch, config.yaw_pretrain_lr,
+                                          np.random.default_rng([config.seed, 97]), progress=progress)
+        print(f"train-sim: wrist yaw pretraining: {json.dumps(yaw_pretrain)}")
 
     def save_state() -> None:
         tmp = state_path.with_suffix(".tmp")
@@ -428,7 +528,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
                     "probe": probe.state_dict() if probe is not None else None,
                     "probe_optimizer": probe_optimizer.state_dict() if probe is not None else None,
                     "step": step, "config": asdict(config), "rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state()}, tmp)
+                    "torch_rng": torch.get_rng_state(), "yaw_pretrain": yaw_pretrain}, tmp)
         os.replace(tmp, state_path)
 
     elapsed_before = history[-1]["elapsed_s"] if history else 0.0  # wall time of earlier sessions
@@ -501,6 +601,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         "dataset_episodes": dataset.num_episodes,
         "checkpoint": str(out_dir),
         "checkpoint_mb": sum(f.stat().st_size for f in out_dir.iterdir()) / 1e6,
+        "yaw_pretrain": yaw_pretrain,
     }
     with open(out_dir / "training.json", "w", encoding="utf-8") as f:
         json.dump({"config": asdict(config), "dataset_config": dataset.config, "summary": summary}, f, indent=2)
