@@ -32,7 +32,7 @@ import numpy as np
 
 from ..sim import SimEnv
 from ..sim.task import MAX_STEPS, make_episode, make_expert
-from .dataset import RENDER_SIZE, VIEW_NAMES, EpisodeRecord
+from .dataset import RENDER_SIZE, VIEW_NAMES, EpisodeRecord, read_meta
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,16 @@ class DaggerConfig:
             raise ValueError(f"DaggerConfig.max_steps={self.max_steps!r}: expected a positive integer or None")
         if not self.max_joint_velocity > 0 or not self.init_joint_noise >= 0 or self.hover_steps < 0:
             raise ValueError("DaggerConfig: max_joint_velocity must be > 0, init_joint_noise and hover_steps >= 0")
+
+
+def recording_env(data_config: dict, task: str, seed: int, **env_options) -> tuple[SimEnv, object]:
+    """A rendering SimEnv and the task's expert with a recorded dataset's control period and joint
+    speed, so that samples added to it are made exactly like its own."""
+    env = SimEnv(seed=seed, image_size=(RENDER_SIZE, RENDER_SIZE), control_period=data_config["control_period"],
+                 task=task, **env_options)
+    expert = make_expert(task, env.kinematics, control_period=data_config["control_period"],
+                         max_joint_speed=data_config["max_joint_speed"])
+    return env, expert
 
 
 def record_policy_episode(env: SimEnv, policy, expert, robot, seed: int, task: str, image_size: int,
@@ -113,17 +123,12 @@ def collect(config: DaggerConfig, progress: bool = True) -> tuple[list[EpisodeRe
     from ..model import load_policy
 
     torch.set_num_threads(config.threads)
-    with np.load(config.dataset) as data:
-        meta = json.loads(data["meta"].tobytes().decode())
-    data_config = meta["config"]
+    data_config = read_meta(config.dataset)["config"]
     task = data_config.get("task", "above")
     policy = load_policy(config.checkpoint, device="cpu", dtype="float32", announce=False)
     robot = load_robot_config()
-    env = SimEnv(seed=config.seed, image_size=(RENDER_SIZE, RENDER_SIZE),
-                 control_period=data_config["control_period"], task=task,
-                 init_joint_noise=config.init_joint_noise, max_steps=10**6)
-    expert = make_expert(task, env.kinematics, control_period=data_config["control_period"],
-                         max_joint_speed=data_config["max_joint_speed"])
+    env, expert = recording_env(data_config, task, config.seed, init_joint_noise=config.init_joint_noise,
+                                max_steps=10**6)
     rng = np.random.default_rng([config.seed, 53])
     records, episodes = [], []
     seeds = range(config.first_seed, config.first_seed + config.episodes)

@@ -337,6 +337,12 @@ def normalize_bounds(values: np.ndarray, stats: dict) -> np.ndarray:
     return np.where(mask, scaled, values)
 
 
+def read_meta(path: str | os.PathLike) -> dict:
+    """A recorded dataset's metadata (config, episodes, instructions) without reading its arrays."""
+    with np.load(path) as data:
+        return json.loads(data["meta"].tobytes().decode())
+
+
 def statistics_from_file(path: str | os.PathLike, with_task: bool = False):
     """``dataset_statistics`` of a recorded dataset without loading its images (and its task)."""
     with np.load(path) as data:
@@ -428,7 +434,7 @@ class SimDataset:
         # (training-only auxiliary target; not part of the policy's inputs or outputs).
         x_min, x_max, y_min, y_max = CUBE_REGION
         task = self.config.get("task", "above")
-        scenes = [make_episode(e["seed"], task).scene for e in self.meta["episodes"]]
+        self.scenes = scenes = [make_episode(e["seed"], task).scene for e in self.meta["episodes"]]  # per episode
         if target is None:
             per_episode = [[c.colour for c in scene.cubes].index(e["target"])
                            for scene, e in zip(scenes, self.meta["episodes"])]

@@ -24,12 +24,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..sim import SimEnv
 from ..sim import pregrasp as pg
 from ..sim.kinematics import HOME_JOINTS
-from ..sim.task import make_episode, make_expert
-from .dagger import append_records
-from .dataset import RENDER_SIZE, EpisodeRecord
+from .dagger import append_records, recording_env
+from .dataset import EpisodeRecord, read_meta
 
 
 @dataclass(frozen=True)
@@ -72,16 +70,11 @@ def place_near(kinematics, cube, offset_xy, height: float, yaw_err: float):
 
 
 def collect(config: NearStatesConfig, progress: bool = True) -> tuple[list[EpisodeRecord], list[dict]]:
-    with np.load(config.dataset) as data:
-        meta = json.loads(data["meta"].tobytes().decode())
-    data_config = meta["config"]
+    data_config = read_meta(config.dataset)["config"]
     if data_config.get("task") != pg.TASK_NAME:
         raise ValueError(f"dataset {config.dataset}: task {data_config.get('task')!r}; near states are for "
                          f"{pg.TASK_NAME!r}")
-    env = SimEnv(seed=config.seed, image_size=(RENDER_SIZE, RENDER_SIZE),
-                 control_period=data_config["control_period"], task=pg.TASK_NAME)
-    expert = make_expert(pg.TASK_NAME, env.kinematics, control_period=data_config["control_period"],
-                         max_joint_speed=data_config["max_joint_speed"])
+    env, expert = recording_env(data_config, pg.TASK_NAME, config.seed)
     rng = np.random.default_rng([config.seed, 71])
     records, episodes = [], []
     seeds = range(config.first_seed, config.first_seed + config.scenes)

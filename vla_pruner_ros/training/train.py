@@ -30,8 +30,7 @@ from ..model.checkpoint import PRESETS, build_model, save_checkpoint
 from ..model.processing_oft import PromptBuilder, load_tokenizer
 from ..model.tokenization_oft import build_tokenizer, save_tokenizer_files
 from ..sim import CUBE_COLOURS
-from ..sim.task import make_episode
-from .dataset import VIEW_NAMES, SimDataset, pixel_tensor
+from .dataset import VIEW_NAMES, SimDataset, pixel_tensor, read_meta
 
 UNNORM_KEY = "xarm6_sim_reach"
 STATE_FILE = "train_state.pt"
@@ -151,8 +150,7 @@ def warm_start(model, checkpoint: str | os.PathLike) -> dict:
 
 def dataset_task(path: str | os.PathLike) -> str:
     """The task a recorded dataset was recorded for (its metadata only; no images are read)."""
-    with np.load(path) as data:
-        return json.loads(data["meta"].tobytes().decode())["config"].get("task", "above")
+    return read_meta(path)["config"].get("task", "above")
 
 
 def inherited_statistics(init_from: str | os.PathLike | None, dataset: str | os.PathLike) -> dict | None:
@@ -310,12 +308,9 @@ def near_cube_samples(dataset: SimDataset, indices: np.ndarray, max_horizontal: 
     indices = indices[dataset.has_yaw[indices]]
     if not len(indices):
         return indices
-    kinematics = XArm6Kinematics()
-    task = dataset.config.get("task", "above")
-    scenes = {e: make_episode(dataset.meta["episodes"][e]["seed"], task).scene for e in np.unique(dataset.episode[indices])}
-    tcp = kinematics.tcp_pose(dataset.proprio[indices, :6].astype(np.float64))[:, :2, 3]
-    centres = np.array([scenes[e].cubes[k].position[:2] for e, k in zip(dataset.episode[indices],
-                                                                        dataset.target_cube[indices])])
+    tcp = XArm6Kinematics().tcp_pose(dataset.proprio[indices, :6].astype(np.float64))[:, :2, 3]
+    centres = np.array([dataset.scenes[e].cubes[k].position[:2] for e, k in zip(dataset.episode[indices],
+                                                                                dataset.target_cube[indices])])
     return indices[np.linalg.norm(tcp - centres, axis=1) < max_horizontal]
 
 
@@ -338,7 +333,7 @@ def pretrain_wrist_yaw(model, make_batch: "BatchMaker", train_indices: np.ndarra
 
     def predict(indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         batch = make_batch(indices)
-        wrist = batch["pixel_values"][:, 1]  # (B, 6, S, S): the second view
+        wrist = batch["pixel_values"][:, VIEW_NAMES.index("wrist")]  # (B, 6, S, S)
         tokens = vision(wrist).reshape(len(indices), -1, width)
         weights = torch.softmax(pool(tokens.float())[..., 0], dim=1)
         return head((weights[..., None] * tokens.float()).sum(dim=1)), batch["target_yaw"]
