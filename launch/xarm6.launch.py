@@ -3,6 +3,7 @@
     ros2 launch vla_pruner_ros xarm6.launch.py                       # simulated arm + cameras
     ros2 launch vla_pruner_ros xarm6.launch.py use_sim:=false robot_ip:=192.168.1.xxx realsense:=true
     ros2 launch vla_pruner_ros xarm6.launch.py record:=true rviz:=true
+    ros2 launch vla_pruner_ros xarm6.launch.py sim_task:=pregrasp checkpoint:=<a pregrasp policy>
 
 The decisions live in vla_pruner_ros.control.launch_logic (unit-tested); this file only turns
 its plan into launch actions.

@@ -19,6 +19,12 @@ from vla_pruner_ros.nodes._startup import EXIT_WITH_PARENT_ENV  # noqa: F401 - t
 
 PACKAGE = "vla_pruner_ros"
 
+# The simulated tasks the hardware-free system can run (use_sim:=true): "above" reaches over the named
+# cube of a three-cube scene (sim/task.py), "pregrasp" closes the gripper square on one of four cubes
+# named by side and colour (sim/pregrasp.py). The launch argument's and `vla-pruner demo --task`'s default.
+SIM_TASKS = ("above", "pregrasp")
+DEFAULT_SIM_TASK = "above"
+
 # Launch arguments: name -> (default, description). Defaults that are paths are resolved at launch.
 LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "use_sim": ("true", "true: simulated xArm6 and cameras; false: the real arm through xarm_ros2"),
@@ -39,6 +45,8 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "xarm_launch": ("xarm6_control_rviz_display.launch.py",
                     "xarm_controller launch file that starts the driver and xarm6_traj_controller"),
     "scene_seed": ("0", "use_sim:=true: seed of the simulated cube layout"),
+    "sim_task": (DEFAULT_SIM_TASK, "use_sim:=true: the simulated task, " + " or ".join(SIM_TASKS)
+                 + " (sets the scene, the default checkpoint and the default instruction)"),
 }
 
 
@@ -51,6 +59,12 @@ TINY_CHECKPOINT = Path("artifacts") / "checkpoints" / "tiny"  # written by scrip
 # The pruning settings chosen for the shipped sim policy from its own closed-loop table, layered over
 # params_file when the launch runs that policy by default (see shipped_policy_parameters).
 SHIPPED_POLICY_PARAMS = Path("config") / "sim_reach.yaml"
+# Per simulated task: (shipped policy, its pruning settings). The pregrasp policy has no tiny fallback:
+# without it a launch needs checkpoint:= (the reach policy cannot do that task).
+SHIPPED_SIM_POLICIES: dict[str, tuple[Path, Path]] = {
+    "above": (SHIPPED_CHECKPOINT, SHIPPED_POLICY_PARAMS),
+    "pregrasp": (Path("checkpoints") / "xarm6_sim_pregrasp", Path("config") / "sim_pregrasp.yaml"),
+}
 
 
 def source_root() -> Path | None:
@@ -92,16 +106,27 @@ def package_share() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def default_checkpoint() -> str:
-    """The checkpoint the launch and the demo use when none is given: the shipped sim policy
-    (checkpoints/xarm6_sim_reach: in the checkout, or installed to the share directory), else the
-    random-weight tiny checkpoint that scripts/setup.sh writes into a checkout."""
+def check_sim_task(task: str) -> str:
+    if task not in SIM_TASKS:
+        raise LaunchRefused(f"sim_task must be one of {', '.join(SIM_TASKS)}, got {task!r}")
+    return task
+
+
+def default_checkpoint(task: str = "above") -> str:
+    """The checkpoint the launch and the demo use when none is given: the shipped sim policy of
+    ``task`` (checkpoints/xarm6_sim_reach for "above", checkpoints/xarm6_sim_pregrasp for "pregrasp":
+    in the checkout, or installed to the share directory); for "above" else the random-weight tiny
+    checkpoint that scripts/setup.sh writes into a checkout."""
+    shipped = SHIPPED_SIM_POLICIES[check_sim_task(task)][0]
     roots = data_roots()
-    for relative in (SHIPPED_CHECKPOINT, TINY_CHECKPOINT):
+    for relative in (shipped, TINY_CHECKPOINT) if task == "above" else (shipped,):
         for root in roots:
             if (root / relative / "config.json").is_file():
                 return str(root / relative)
-    searched = ", ".join(str(root / SHIPPED_CHECKPOINT) for root in roots) or "no source checkout or install found"
+    searched = ", ".join(str(root / shipped) for root in roots) or "no source checkout or install found"
+    if task != "above":
+        raise LaunchRefused(f"sim_task {task}: no shipped {task} policy ({searched}); pass checkpoint:=<OFT "
+                            f"checkpoint directory of a {task} policy>")
     raise LaunchRefused(f"no default checkpoint ({searched}); pass checkpoint:=<OFT checkpoint directory>")
 
 
@@ -208,18 +233,36 @@ def pruning_in(params_file: str, node_name: str = "vla_pruner_policy") -> dict:
 
 
 def shipped_policy_parameters(values: dict[str, str], resolved: dict[str, str]) -> str | None:
-    """config/sim_reach.yaml when the launch runs the shipped sim policy by default (no
-    ``checkpoint:=`` and no ``params_file:=`` given), else None.
+    """config/sim_reach.yaml (config/sim_pregrasp.yaml for sim_task:=pregrasp) when the launch runs
+    that task's shipped sim policy by default (no ``checkpoint:=`` and no ``params_file:=`` given),
+    else None.
 
     policy.yaml's pruning defaults are the paper's method for a real OFT checkpoint; the shipped sim
     policy has its own measured best (its 200-episode paired table), so the demo and the sim launch
     run that. A user who names a checkpoint or a parameter file gets exactly what they named."""
     if values.get("checkpoint") or values.get("params_file"):
         return None
-    if Path(resolved["checkpoint"]).parts[-len(SHIPPED_CHECKPOINT.parts):] != SHIPPED_CHECKPOINT.parts:
+    checkpoint, params = SHIPPED_SIM_POLICIES[_policy_task(resolved)]
+    if Path(resolved["checkpoint"]).parts[-len(checkpoint.parts):] != checkpoint.parts:
         return None  # the tiny fallback checkpoint (no shipped policy here): policy.yaml alone
-    path = package_share() / SHIPPED_POLICY_PARAMS
+    path = package_share() / params
     return str(path) if path.is_file() else None
+
+
+def _policy_task(resolved: dict[str, str]) -> str:
+    """The task whose shipped policy is the default: sim_task with use_sim:=true, else "above"."""
+    return resolved.get("sim_task", DEFAULT_SIM_TASK) if _truthy(resolved["use_sim"]) else "above"
+
+
+def default_instruction(task: str, scene_seed: int) -> str | None:
+    """The instruction a launch of ``task`` starts with when none is given: None for "above"
+    (policy.yaml's), for "pregrasp" the first target of ``draw_episode(scene_seed)`` in the text the
+    pregrasp policies are trained on (sim.task.make_episode builds it, as SimEnv does)."""
+    if check_sim_task(task) == "above":
+        return None
+    from vla_pruner_ros.sim.task import make_episode
+
+    return make_episode(int(scene_seed), task).instruction
 
 
 def resolve_arguments(values: dict[str, str]) -> dict[str, str]:
@@ -228,8 +271,9 @@ def resolve_arguments(values: dict[str, str]) -> dict[str, str]:
     if unknown:
         raise ValueError(f"unknown launch argument(s) {sorted(unknown)}; known: {sorted(LAUNCH_ARGUMENTS)}")
     resolved = {name: str(values.get(name, default)) for name, (default, _) in LAUNCH_ARGUMENTS.items()}
+    check_sim_task(resolved["sim_task"])
     share = package_share()
-    resolved["checkpoint"] = resolved["checkpoint"] or default_checkpoint()
+    resolved["checkpoint"] = resolved["checkpoint"] or default_checkpoint(_policy_task(resolved))
     resolved["params_file"] = resolved["params_file"] or str(share / "config" / "policy.yaml")
     resolved["robot_config"] = resolved["robot_config"] or str(share / "config" / "xarm6.yaml")
     return resolved
@@ -259,15 +303,17 @@ def plan_launch(values: dict[str, str], installed=ros_package_installed, which=s
     record = _truthy(args["record"])
     # Parameter files first, then the launch's own values (ROS applies them in order: last wins).
     overrides = {"checkpoint": args["checkpoint"], "robot_config": args["robot_config"], "autostart": autostart}
-    if args["instruction"]:
-        overrides["instruction"] = args["instruction"]
+    task = args["sim_task"] if use_sim else None
+    instruction = args["instruction"] or (default_instruction(task, int(args["scene_seed"])) if task else None)
+    if instruction:
+        overrides["instruction"] = instruction
     shipped = shipped_policy_parameters(values, args)
     policy_parameters: list = [args["params_file"], *([shipped] if shipped else []), overrides]
     nodes = [NodeSpec("policy_node", "vla_pruner_policy", policy_parameters)]
     includes: list[IncludeSpec] = []
     if use_sim:
         nodes.append(NodeSpec("sim_xarm6", "sim_xarm6", [{"robot_config": args["robot_config"]}]))
-        nodes.append(NodeSpec("sim_cameras", "sim_cameras", [{"scene_seed": int(args["scene_seed"])}]))
+        nodes.append(NodeSpec("sim_cameras", "sim_cameras", [{"scene_seed": int(args["scene_seed"]), "task": task}]))
     else:
         if not args["robot_ip"]:
             raise LaunchRefused("use_sim:=false needs robot_ip:=<address of the xArm controller box>")
@@ -297,10 +343,13 @@ def plan_launch(values: dict[str, str], installed=ros_package_installed, which=s
         raise LaunchRefused(f"{option} needs the ROS 2 package {package}, which is not installed{more}; "
                             f"nothing was started. Install it ({hint}) or leave the option out")
     plan = LaunchPlan(nodes, includes, None, None)
+    if task and task != "above":
+        plan.messages.append(f"sim task {task}, scene seed {args['scene_seed']}: instruction {instruction!r}")
     if shipped:
         prune = pruning_in(shipped)
+        shipped_params = SHIPPED_SIM_POLICIES[_policy_task(args)][1]
         plan.messages.append(f"shipped sim policy: pruning {prune.get('method', '?')} keep {prune.get('keep_ratio', '?')} "
-                             f"from {SHIPPED_POLICY_PARAMS}, its closed-loop table's choice (others: params_file:=, or the "
+                             f"from {shipped_params}, its closed-loop table's choice (others: params_file:=, or the "
                              "demo's --method/--keep-ratio)")
     if record:
         topics = record_topics()
