@@ -1,7 +1,9 @@
 """Simulated fixed and wrist cameras: renders the table, cubes and the arm at its current
 joint state (``vla_pruner_ros.sim.render``) and publishes both views as rgb8 images. For RViz it
 also publishes the same workcell as a ``visualization_msgs/MarkerArray`` on ``~/scene_markers``
-(frame ``link_base``), where visualization_msgs is installed."""
+(frame ``link_base``), where visualization_msgs is installed. The ``task`` parameter picks the
+scene: "above" (three cubes, ``sim.scene.Scene``) or "pregrasp" (four cubes, two colours x two,
+``sim.pregrasp.PregraspScene``), both from ``scene_seed``."""
 from __future__ import annotations
 
 import threading
@@ -15,6 +17,7 @@ from vla_pruner_ros.control.images import rgb_to_image_fields
 from vla_pruner_ros.control.inputs import joint_positions_from_msg, optional_joint_position
 from vla_pruner_ros.sim.kinematics import HOME_JOINTS, JOINT_NAMES, XArm6Kinematics
 from vla_pruner_ros.sim.markers import FRAME_ID, arm_primitives, scene_primitives
+from vla_pruner_ros.sim.pregrasp import PregraspScene
 from vla_pruner_ros.sim.render import Renderer
 from vla_pruner_ros.sim.robot import GRIPPER_CLOSED_ANGLE, GRIPPER_JOINT_NAME
 from vla_pruner_ros.sim.scene import Scene
@@ -22,12 +25,16 @@ from vla_pruner_ros.sim.scene import Scene
 from ._common import descriptor, spin_node
 
 VIEWS = {"fixed": "/fixed_camera/color/image_raw", "wrist": "/wrist_camera/color/image_raw"}
+SCENES = {"above": Scene, "pregrasp": PregraspScene}  # the task parameter -> its scene (from the seed)
 
 
 class SimCamerasNode(Node):
     def __init__(self, node_name: str = "sim_cameras", **kwargs):
         super().__init__(node_name, **kwargs)
         self.declare_parameter("scene_seed", 0, descriptor("Seed of the cube layout.", True, 0, 2**31 - 1))
+        self.declare_parameter("task", "above", descriptor(
+            "Simulated task whose scene is rendered: above (three cubes) or pregrasp (four cubes).", True,
+            constraints="one of: " + ", ".join(SCENES)))
         self.declare_parameter("width", 224, descriptor("Image width (px).", True, 16, 1920))
         self.declare_parameter("height", 224, descriptor("Image height (px).", True, 16, 1080))
         self.declare_parameter("rate", 30.0, descriptor("Frames per second of each view.", True, 0.1, 120.0))
@@ -35,7 +42,10 @@ class SimCamerasNode(Node):
             self.declare_parameter(f"topics.{view}", topic, descriptor(f"Topic of the {view} view.", True))
             # Live switch, e.g. to see how the policy node reacts to a camera that stops.
             self.declare_parameter(f"publish.{view}", True, descriptor(f"Publish the {view} view."))
-        self._scene = Scene(seed=self.get_parameter("scene_seed").value)
+        task = self.get_parameter("task").value
+        if task not in SCENES:
+            raise ValueError(f"task must be one of {', '.join(SCENES)}, got {task!r}")
+        self._scene = SCENES[task](seed=self.get_parameter("scene_seed").value)
         self._kinematics = XArm6Kinematics()
         self._renderer = Renderer(self.get_parameter("width").value, self.get_parameter("height").value)
         self._joints = np.array(HOME_JOINTS, dtype=np.float64)
@@ -62,8 +72,11 @@ class SimCamerasNode(Node):
             self._markers_pub = self.create_publisher(MarkerArray, "~/scene_markers", 2)
             self._scene_shapes = scene_primitives(self._scene)
             self.create_timer(1.0 / markers_rate, self._publish_markers)
-        colours = ", ".join(f"{c.colour} at ({c.position[0]:.2f}, {c.position[1]:.2f})" for c in self._scene.cubes)
-        self.get_logger().info(f"simulated cameras, scene seed {self._scene.seed}: cubes {colours}")
+        names = getattr(self._scene, "names", None) or [c.colour for c in self._scene.cubes]
+        colours = ", ".join(f"{name} at ({c.position[0]:.2f}, {c.position[1]:.2f})"
+                            for name, c in zip(names, self._scene.cubes))
+        scene = "" if task == "above" else f"{task} "
+        self.get_logger().info(f"simulated cameras, {scene}scene seed {self._scene.seed}: cubes {colours}")
 
     def _on_joints(self, msg: JointState) -> None:
         try:
