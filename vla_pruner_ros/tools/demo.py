@@ -18,13 +18,22 @@ from pathlib import Path
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", default="", help="OFT checkpoint directory (default: the shipped sim policy)")
+    from vla_pruner_ros.control.launch_logic import DEFAULT_SIM_TASK, SIM_TASKS
+
+    parser.add_argument("--checkpoint", default="",
+                        help="OFT checkpoint directory (default: the shipped sim policy of --task)")
+    parser.add_argument("--task", default=DEFAULT_SIM_TASK, choices=SIM_TASKS,
+                        help="simulated task (launch argument sim_task): above = reach over the named cube of three, "
+                             "pregrasp = close the gripper square on the named one of four cubes ('left red', ...); "
+                             f"default {DEFAULT_SIM_TASK}")
     parser.add_argument("--method", default=None,
                         help="pruning method (default: config/policy.yaml's), with PrunerConfig fields as in eval-sim: "
                              "METHOD:FIELD=VALUE..., e.g. vla_pruner:target_ms=30:min_keep_ratio=0.1 (each field "
                              "becomes the node's prune.* parameter)")
     parser.add_argument("--keep-ratio", type=float, default=None, help="fraction of visual tokens kept")
-    parser.add_argument("--instruction", default="", help="task instruction at start-up")
+    parser.add_argument("--instruction", default="",
+                        help="task instruction at start-up (default: config/policy.yaml's; for --task pregrasp, "
+                             "the seed's first target as in eval-sim)")
     parser.add_argument("--scene-seed", type=int, default=0, help="seed of the simulated cube layout")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
     parser.add_argument("--launch-arg", action="append", default=[], metavar="NAME:=VALUE",
@@ -51,7 +60,7 @@ def method_parameters(method: str) -> dict:
 
 
 def _launch_values(args) -> dict[str, str]:
-    values = {"use_sim": "true", "scene_seed": str(args.scene_seed)}
+    values = {"use_sim": "true", "scene_seed": str(args.scene_seed), "sim_task": args.task}
     if args.checkpoint:
         values["checkpoint"] = args.checkpoint
     if args.instruction:
@@ -62,6 +71,15 @@ def _launch_values(args) -> dict[str, str]:
         name, value = item.split(":=", 1)
         values[name] = value
     return values
+
+
+def sim_scene(plan) -> dict:
+    """The simulated cameras' ``scene_seed`` and ``task`` in a plan: the scene the monitor judges
+    (also when they were given as --launch-arg)."""
+    cameras = next((spec for spec in plan.nodes if spec.executable == "sim_cameras"), None)
+    if cameras is None:  # use_sim:=false given as --launch-arg: no scene to judge
+        return {"scene_seed": 0, "task": "above"}
+    return {name: cameras.parameters[0][name] for name in ("scene_seed", "task")}
 
 
 def _parent_death_signal():
@@ -122,6 +140,7 @@ def run(args) -> int:
         print(f"[demo] error: {error}", file=sys.stderr)
         return 2
     policy_spec = next(spec for spec in plan.nodes if spec.executable == "policy_node")
+    scene = sim_scene(plan)
     overrides = policy_spec.parameters[-1]  # the launch's own values come after the parameter files
     if args.method:
         try:
@@ -165,8 +184,8 @@ def run(args) -> int:
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     instruction = overrides.get("instruction") or str(
         node_parameters(policy_spec.parameters[0], policy_spec.name).get("instruction", ""))
-    monitor = DemoMonitor(scene_seed=args.scene_seed, policy_node=policy_spec.name, instruction=instruction,
-                          stats_csv=args.stats_csv or None)
+    monitor = DemoMonitor(scene_seed=scene["scene_seed"], policy_node=policy_spec.name, instruction=instruction,
+                          stats_csv=args.stats_csv or None, task=scene["task"])
     for spec in plan.nodes:
         children.start(spec.name, spec.command())
     print("[demo] loading the policy ... (type an instruction + Enter to change the task, Ctrl-C to stop)")

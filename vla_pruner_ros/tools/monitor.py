@@ -1,10 +1,10 @@
 """The demo's console: one line per policy step, diagnostics when they change, and the
-instruction typed by the user forwarded to the policy."""
+instruction typed by the user forwarded to the policy. What a line says about the named cube, and
+whether the task's success test held, is ``tools/demo_target`` (no ROS); this node only feeds it."""
 from __future__ import annotations
 
 import csv
 import math
-import re
 import statistics
 
 import numpy as np
@@ -16,10 +16,11 @@ from std_msgs.msg import String
 
 from vla_pruner_ros.control.runner import format_stats_line
 from vla_pruner_ros.msg import PrunerStats
+from vla_pruner_ros.sim.robot import GRIPPER_JOINT_NAME
+from vla_pruner_ros.tools.demo_target import TargetTracker, gripper_fraction
 
 _LEVELS = {DiagnosticStatus.OK: "OK", DiagnosticStatus.WARN: "WARN", DiagnosticStatus.ERROR: "ERROR",
            DiagnosticStatus.STALE: "STALE"}
-_COLOUR = re.compile(r"\b(red|green|blue)\b")
 
 
 def stats_to_fields(msg: PrunerStats) -> dict:
@@ -28,14 +29,12 @@ def stats_to_fields(msg: PrunerStats) -> dict:
 
 class DemoMonitor(Node):
     def __init__(self, scene_seed: int = 0, policy_node: str = "vla_pruner_policy", instruction: str = "",
-                 stats_csv: str | None = None, context=None):
+                 stats_csv: str | None = None, context=None, task: str = "above"):
         super().__init__("vla_pruner_demo_monitor", context=context)
-        from vla_pruner_ros.sim.kinematics import XArm6Kinematics
-        from vla_pruner_ros.sim.scene import Scene
-
-        self._scene = Scene(seed=scene_seed)
-        self._kinematics = XArm6Kinematics()
+        # Per instruction: the first step at which eval-sim's success test held, and the closest pass.
+        self._target = TargetTracker(task, scene_seed)
         self._joints: np.ndarray | None = None
+        self._gripper = 0.0  # 0 open .. 1 closed, from the gripper joint of /joint_states
         self._instruction = instruction
         self._last_diag: tuple[int, str] | None = None
         self._latencies: list[float] = []
@@ -46,9 +45,6 @@ class DemoMonitor(Node):
         self._budget: list[tuple[float, float, float]] = []
         self._csv_file = open(stats_csv, "w", newline="") if stats_csv else None
         self._csv: csv.DictWriter | None = None
-        # Per instruction: the first step at which eval-sim's success test held, and the closest pass.
-        self._reached_at: int | None = None
-        self._closest: tuple[float, str] | None = None  # (horizontal distance m, cube colour)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(PrunerStats, f"/{policy_node}/stats", self._on_stats, reliable)
         self.create_subscription(JointState, "/joint_states", self._on_joints, qos_profile_sensor_data)
@@ -65,31 +61,18 @@ class DemoMonitor(Node):
 
     def _on_instruction(self, msg: String) -> None:
         if msg.data != self._instruction:
-            self._reached_at, self._closest = None, None
+            self._target.reset()
         self._instruction = msg.data
 
     def _on_joints(self, msg: JointState) -> None:
         names = list(msg.name)
         if all(f"joint{i}" in names for i in range(1, 7)):
             self._joints = np.array([msg.position[names.index(f"joint{i}")] for i in range(1, 7)])
+        if GRIPPER_JOINT_NAME in names and len(msg.position) > names.index(GRIPPER_JOINT_NAME):
+            self._gripper = gripper_fraction(msg.position[names.index(GRIPPER_JOINT_NAME)])
 
     def _target_text(self, step_index: int) -> str:
-        match = _COLOUR.search(self._instruction.lower())
-        if match is None or self._joints is None:
-            return ""
-        from vla_pruner_ros.sim.task import success
-
-        cube = self._scene.cube(match.group(1))
-        tcp = self._kinematics.tcp_pose(self._joints)[:3, 3]
-        horizontal = float(np.linalg.norm(tcp[:2] - cube.position[:2]))
-        height = float(tcp[2] - cube.top)
-        reached = success(tcp, self._scene, cube.colour, "above")
-        done = "  reached" if reached else ""
-        if reached and self._reached_at is None:
-            self._reached_at = step_index
-        if self._closest is None or horizontal < self._closest[0]:
-            self._closest = (horizontal, cube.colour)
-        return f" | {cube.colour} cube: {horizontal * 100:5.1f} cm away, {height * 100:5.1f} cm above{done}"
+        return self._target.step(self._instruction, self._joints, self._gripper, step_index)
 
     def _on_stats(self, msg: PrunerStats) -> None:
         fields = stats_to_fields(msg)
@@ -135,17 +118,9 @@ class DemoMonitor(Node):
                 print(f"[policy {level}] {status.message}", flush=True)
 
     def print_summary(self) -> None:
-        if self._closest is not None:
-            from vla_pruner_ros.sim.task import SUCCESS_REGIONS
-
-            distance, colour = self._closest
-            radius = f"{SUCCESS_REGIONS['above'].max_horizontal * 100:g} cm"
-            if self._reached_at is not None:
-                print(f"[demo] target reached: the {colour} cube at step {self._reached_at} (gripper within {radius} "
-                      f"at hover height, eval-sim's success test); closest {distance * 100:.1f} cm")
-            else:
-                print(f"[demo] target not reached: closest {distance * 100:.1f} cm from the {colour} cube "
-                      f"(success: within {radius} at hover height)")
+        summary = self._target.summary()
+        if summary is not None:
+            print(summary)
         if self._latencies:
             print(f"[demo] {self._steps} steps; policy latency after warm-up: median "
                   f"{statistics.median(self._latencies):.1f} ms (min {min(self._latencies):.1f}, "
