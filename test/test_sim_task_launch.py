@@ -181,6 +181,48 @@ def test_sim_cameras_refuse_an_unknown_task():
         harness.close()
 
 
+def test_the_simulated_arm_follows_the_gripper_trajectory_point_by_point():
+    """The pregrasp policy closes the gripper along its chunk (e.g. 0.02 0.13 0.38 0.76 0.88 ...): the
+    simulated arm follows those points in time, as SimEnv (eval-sim) and xarm_ros2's gripper
+    controller do, instead of holding the first one."""
+    pytest.importorskip("rclpy")
+    from builtin_interfaces.msg import Duration
+    from sensor_msgs.msg import JointState
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from ros_harness import Probe, RosHarness, wait_for
+    from vla_pruner_ros.control.robot_config import load_robot_config
+    from vla_pruner_ros.nodes.sim_xarm6 import SimXArm6Node
+
+    robot = load_robot_config()
+    harness = RosHarness()
+    try:
+        harness.add(SimXArm6Node(context=harness.context))
+        probe = Probe(harness, "gripper_probe", "sim_xarm6")
+        states = probe.record(JointState, "/joint_states", depth=50)
+        sender = harness.node("gripper_sender")
+        publisher = sender.create_publisher(JointTrajectory, robot.gripper_topic, 10)
+        wait_for(lambda: publisher.get_subscription_count() > 0 and states, 20.0, message="the simulated arm")
+
+        def send(fractions):
+            publisher.publish(JointTrajectory(joint_names=[GRIPPER_JOINT_NAME], points=[
+                JointTrajectoryPoint(positions=[f * GRIPPER_CLOSED_ANGLE],
+                                     time_from_start=Duration(nanosec=int((i + 1) * 1e8)))
+                for i, f in enumerate(fractions)]))
+
+        def gripper():
+            with probe.lock:
+                msg = states[-1][1]
+            return msg.position[list(msg.name).index(GRIPPER_JOINT_NAME)] / GRIPPER_CLOSED_ANGLE
+
+        send([0.02, 0.13, 0.38, 0.76, 0.88, 0.9, 0.9, 0.9])  # closes along the chunk
+        wait_for(lambda: gripper() > 0.85, 20.0, message=lambda: f"the gripper to close (at {gripper():.2f})")
+        send([0.9, 0.6, 0.2, 0.0])  # opens along the chunk
+        wait_for(lambda: gripper() < 0.05, 20.0, message=lambda: f"the gripper to open (at {gripper():.2f})")
+    finally:
+        harness.close()
+
+
 # --- judging a grasp (pure) --------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
@@ -30,6 +31,7 @@ class SimXArm6Node(Node):
         self._lock = threading.Lock()
         self._joint_names = list(robot.joints)
         self._gripper_joint = robot.gripper_joint
+        self._gripper_plan: tuple[float, list[float], list[float]] | None = None  # (received, times, 0..1 targets)
         # Commands: reliable, like the ros2_control controller's subscription.
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(JointTrajectory, robot.trajectory_topic, self._on_trajectory, reliable)
@@ -56,16 +58,27 @@ class SimXArm6Node(Node):
         if not msg.points or self._gripper_joint not in msg.joint_names:
             return
         index = list(msg.joint_names).index(self._gripper_joint)
-        value = msg.points[0].positions[index]
+        # Followed point by point in time, like the arm's trajectory and xarm_ros2's gripper trajectory
+        # controller (not held at the first point: a chunk that closes the gripper along its points
+        # would never close it). The model's gripper state is 0 (open) .. 1 (closed); the joint 0 .. 0.85 rad.
+        times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+        values = [min(1.0, max(0.0, p.positions[index] / GRIPPER_CLOSED_ANGLE)) for p in msg.points]
+        if times[0] < 0 or any(b <= a for a, b in zip(times, times[1:])):
+            self._log("warning", "gripper", f"rejected gripper trajectory: times must be >= 0 and increasing, got {times}")
+            return
         with self._lock:
-            # The model's gripper state is 0 (open) .. 1 (closed); the joint is 0 .. 0.85 rad.
-            self._arm.set_gripper(min(1.0, max(0.0, value / GRIPPER_CLOSED_ANGLE)))
+            if times[0] > 0:  # from the target at receipt to the first point
+                times, values = [0.0, *times], [self._arm.gripper_target, *values]
+            self._gripper_plan = (time.monotonic(), times, values)
 
     def _tick(self) -> None:
         now = time.monotonic()
         dt = min(0.1, now - self._last_tick)  # a stalled timer must not teleport the arm
         self._last_tick = now
         with self._lock:
+            if self._gripper_plan is not None:
+                received, times, values = self._gripper_plan
+                self._arm.set_gripper(float(np.interp(now - received, times, values)))
             if dt > 0:
                 self._arm.step(dt)
             state = self._arm.joint_state(include_gripper=True)

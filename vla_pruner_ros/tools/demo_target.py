@@ -73,9 +73,13 @@ def judge(task: str, scene: Scene, kinematics: XArm6Kinematics, cube_name: str, 
                      bool(reached))
 
 
+def _tenths(value: float) -> float:
+    """``value`` to one decimal, with no "-0.0"."""
+    return round(float(value), 1) + 0.0
+
+
 def _degrees(angle: float) -> float:
-    """``angle`` (rad) in degrees to 0.1 deg, with no "-0.0"."""
-    return round(float(np.rad2deg(angle)), 1) + 0.0
+    return _tenths(np.rad2deg(angle))
 
 
 def step_text(j: Judgement) -> str:
@@ -84,7 +88,7 @@ def step_text(j: Judgement) -> str:
         done = "  reached" if j.reached else ""
         return f" | {j.cube} cube: {j.horizontal * 100:5.1f} cm away, {j.height * 100:5.1f} cm above{done}"
     done = "  grasped" if j.reached else ""
-    return (f" | {j.cube} cube: {j.horizontal * 100:4.1f} cm off axis, {j.height * 100:4.1f} cm above its top, "
+    return (f" | {j.cube} cube: {_tenths(j.horizontal * 100):4.1f} cm off axis, {_tenths(j.height * 100):4.1f} cm above its top, "
             f"yaw {_degrees(j.yaw_error):4.1f} deg, gripper {j.gripper:.2f}{done}")
 
 
@@ -108,7 +112,7 @@ def summary_line(first: Judgement | None, reached_at: int | None, closest: Judge
                 f"{_pregrasp_test()}); closest {closest.horizontal * 100:.1f} cm")
     low, high = pregrasp.GRASP_BAND
     return (f"[demo] target not reached: closest {closest.horizontal * 100:.1f} cm off the {closest.cube} cube's axis, "
-            f"there {closest.height * 100:.1f} cm above its top, yaw {_degrees(closest.yaw_error):.1f} deg, gripper "
+            f"there {_tenths(closest.height * 100):.1f} cm above its top, yaw {_degrees(closest.yaw_error):.1f} deg, gripper "
             f"{closest.gripper:.2f} (pregrasp success test: {_pregrasp_test()} (>= {pregrasp.CLOSED:g}), "
             f"{-low * 100:g} cm below to {high * 100:g} cm above its top)")
 
