@@ -363,9 +363,9 @@ def test_demo_monitor_judges_a_grasp_from_joint_states(capsys):
         for step, (pose, gripper) in enumerate([(_pose(cube, dx=0.005), 0.0), (_pose(cube), 0.9)]):
             state = JointState(name=names, position=[*map(float, pose), gripper * GRIPPER_CLOSED_ANGLE])
             # the gripper as /joint_states carries it (drive_joint angle) reaches the monitor
-            wait_for(lambda: joints.publish(state) or (monitor._joints is not None and np.allclose(monitor._joints, pose)
-                                                        and monitor._gripper == pytest.approx(gripper)),
-                     20.0, message=f"joint state {step}")
+            wait_for(lambda: joints.publish(state) or (
+                monitor._joints is not None and np.allclose(monitor._joints, pose)
+                and monitor._gripper == pytest.approx(gripper)), 20.0, message=f"joint state {step}")
             stats.publish(PrunerStats(step_index=step + 1, method="none", total_ms=10.0,
                                       visual_tokens_before=512, visual_tokens_after=512))
             wait_for(lambda: monitor._steps == step + 1, 20.0, message=f"stats of step {step + 1}")

@@ -64,7 +64,8 @@ class SimXArm6Node(Node):
         times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
         values = [min(1.0, max(0.0, p.positions[index] / GRIPPER_CLOSED_ANGLE)) for p in msg.points]
         if times[0] < 0 or any(b <= a for a, b in zip(times, times[1:])):
-            self._log("warning", "gripper", f"rejected gripper trajectory: times must be >= 0 and increasing, got {times}")
+            self._log("warning", "gripper",
+                      f"rejected gripper trajectory: times must be >= 0 and increasing, got {times}")
             return
         with self._lock:
             if times[0] > 0:  # from the target at receipt to the first point

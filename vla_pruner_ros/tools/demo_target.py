@@ -88,7 +88,8 @@ def step_text(j: Judgement) -> str:
         done = "  reached" if j.reached else ""
         return f" | {j.cube} cube: {j.horizontal * 100:5.1f} cm away, {j.height * 100:5.1f} cm above{done}"
     done = "  grasped" if j.reached else ""
-    return (f" | {j.cube} cube: {_tenths(j.horizontal * 100):4.1f} cm off axis, {_tenths(j.height * 100):4.1f} cm above its top, "
+    return (f" | {j.cube} cube: {_tenths(j.horizontal * 100):4.1f} cm off axis, "
+            f"{_tenths(j.height * 100):4.1f} cm above its top, "
             f"yaw {_degrees(j.yaw_error):4.1f} deg, gripper {j.gripper:.2f}{done}")
 
 
@@ -112,8 +113,8 @@ def summary_line(first: Judgement | None, reached_at: int | None, closest: Judge
                 f"{_pregrasp_test()}); closest {closest.horizontal * 100:.1f} cm")
     low, high = pregrasp.GRASP_BAND
     return (f"[demo] target not reached: closest {closest.horizontal * 100:.1f} cm off the {closest.cube} cube's axis, "
-            f"there {_tenths(closest.height * 100):.1f} cm above its top, yaw {_degrees(closest.yaw_error):.1f} deg, gripper "
-            f"{closest.gripper:.2f} (pregrasp success test: {_pregrasp_test()} (>= {pregrasp.CLOSED:g}), "
+            f"there {_tenths(closest.height * 100):.1f} cm above its top, yaw {_degrees(closest.yaw_error):.1f} deg, "
+            f"gripper {closest.gripper:.2f} (pregrasp success test: {_pregrasp_test()} (>= {pregrasp.CLOSED:g}), "
             f"{-low * 100:g} cm below to {high * 100:g} cm above its top)")
 
 
