@@ -12,12 +12,14 @@ from vla_pruner_ros.sim import ScriptedExpert, SimEnv
 from vla_pruner_ros.sim.task import make_episode, success
 from vla_pruner_ros.training.dataset import (
     DatasetConfig,
+    EpisodeRecord,
     SimDataset,
     bounds_statistics,
     build_dataset,
     normalize_bounds,
     pixel_tensor,
     policy_view,
+    read_meta,
 )
 from vla_pruner_ros.training.train import TrainConfig, learning_rate_at, train
 
@@ -413,6 +415,51 @@ def test_dagger_labels_the_policy_visited_states_with_the_expert_and_appends_the
     assert np.abs(reached - merged.chunks[n, 0, :6]).max() > 1e-3
     with pytest.raises(ValueError, match="already in"):
         append_records(out, records, episodes, tmp_path / "again.npz")
+
+
+def test_append_streams_the_stored_arrays_and_refuses_mismatched_samples_without_leaving_a_file(
+        pregrasp_dataset, tmp_path):
+    """append_records copies the stored arrays into the new file without loading them (a dataset can
+    outgrow memory): every array equals the concatenation, in both storage modes; a record whose
+    views have another size is refused and leaves neither the output nor its temporary file."""
+    from vla_pruner_ros.training.dagger import append_records
+
+    _, path, _ = pregrasp_dataset
+    data = np.load(path)
+    n = len(data["proprio"])
+    record = EpisodeRecord(seed=990, target="left red", instruction="grasp the left red cube", success=True, num_steps=3,
+                           action_noise=0.0, detour=0)
+    for step in range(3):
+        record.images["fixed"].append(np.full(data["fixed"].shape[1:], step, np.uint8))
+        record.images["wrist"].append(np.full(data["wrist"].shape[1:], 10 + step, np.uint8))
+        record.proprio.append(np.full(7, step, np.float32))
+        record.chunks.append(np.full(data["chunks"].shape[1:], -step, np.float32))
+        record.instructions.append("grasp the left red cube")
+        record.targets.append(1)
+    episode = {"seed": 990, "success": True, "source": "test"}
+    for compress in (False, True):
+        out = tmp_path / f"streamed_{compress}.npz"
+        summary = append_records(path, [record], [episode], out, compress=compress)
+        merged = np.load(out)
+        assert summary["samples"] == n + 3 and set(merged.files) == set(data.files)
+        for name in ("fixed", "wrist", "proprio", "chunks", "step", "target"):
+            assert merged[name].dtype == data[name].dtype
+            np.testing.assert_array_equal(merged[name][:n], data[name])
+        np.testing.assert_array_equal(merged["wrist"][n:], np.stack(record.images["wrist"]))
+        np.testing.assert_array_equal(merged["chunks"][n:], np.stack(record.chunks))
+        assert list(merged["episode"][n:]) == [len(read_meta(path)["episodes"])] * 3
+        assert read_meta(out)["episodes"][-1]["seed"] == 990
+    bad = EpisodeRecord(seed=991, target="left red", instruction="grasp the left red cube", success=False, num_steps=1,
+                        action_noise=0.0, detour=0)
+    bad.images["fixed"].append(np.zeros((8, 8, 3), np.uint8))
+    bad.images["wrist"].append(np.zeros((8, 8, 3), np.uint8))
+    bad.proprio.append(np.zeros(7, np.float32))
+    bad.chunks.append(np.zeros(data["chunks"].shape[1:], np.float32))
+    bad.instructions.append("grasp the left red cube")
+    bad.targets.append(0)
+    with pytest.raises(ValueError, match="new samples have shape"):
+        append_records(path, [bad], [{"seed": 991, "success": False}], tmp_path / "bad.npz")
+    assert not (tmp_path / "bad.npz").exists() and not (tmp_path / "bad.npz.tmp.npz").exists()
 
 
 def test_relabel_gives_every_stored_state_the_current_experts_chunk(pregrasp_dataset, tmp_path):
