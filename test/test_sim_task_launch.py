@@ -115,6 +115,18 @@ def test_the_shipped_pregrasp_policy_is_the_default_with_its_own_pruning(data_ro
     assert parameters[-1]["checkpoint"] == str(reach) and parameters[1].endswith("sim_reach.yaml")
 
 
+def test_this_checkout_ships_the_pregrasp_policy_with_the_pruning_its_table_chose():
+    """In this checkout (no stand-in data root): sim_task:=pregrasp runs checkpoints/xarm6_sim_pregrasp
+    with config/sim_pregrasp.yaml layered, i.e. the choice of its 200-episode table (README, "The
+    pregrasp table"): divprune at keep 0.25, pruned at layer 2 as the table was."""
+    plan = plan_launch({"sim_task": "pregrasp"})
+    params_file, layered, overrides = plan.nodes[0].parameters
+    assert Path(overrides["checkpoint"]) == ROOT / "checkpoints" / "xarm6_sim_pregrasp"
+    assert Path(layered) == ROOT / "config" / "sim_pregrasp.yaml"
+    assert pruning_in(layered) == {"method": "divprune", "keep_ratio": 0.25, "layer": 2}
+    assert overrides["instruction"] == draw_episode(0)[1].join(("grasp the ", " cube"))
+
+
 # --- the simulated cameras ---------------------------------------------------------------------
 
 
