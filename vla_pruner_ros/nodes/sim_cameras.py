@@ -17,15 +17,13 @@ from vla_pruner_ros.control.images import rgb_to_image_fields
 from vla_pruner_ros.control.inputs import joint_positions_from_msg, optional_joint_position
 from vla_pruner_ros.sim.kinematics import HOME_JOINTS, JOINT_NAMES, XArm6Kinematics
 from vla_pruner_ros.sim.markers import FRAME_ID, arm_primitives, scene_primitives
-from vla_pruner_ros.sim.pregrasp import PregraspScene
 from vla_pruner_ros.sim.render import Renderer
 from vla_pruner_ros.sim.robot import GRIPPER_CLOSED_ANGLE, GRIPPER_JOINT_NAME
-from vla_pruner_ros.sim.scene import Scene
+from vla_pruner_ros.sim.task import SCENES, make_scene
 
 from ._common import descriptor, spin_node
 
 VIEWS = {"fixed": "/fixed_camera/color/image_raw", "wrist": "/wrist_camera/color/image_raw"}
-SCENES = {"above": Scene, "pregrasp": PregraspScene}  # the task parameter -> its scene (from the seed)
 
 
 class SimCamerasNode(Node):
@@ -43,9 +41,7 @@ class SimCamerasNode(Node):
             # Live switch, e.g. to see how the policy node reacts to a camera that stops.
             self.declare_parameter(f"publish.{view}", True, descriptor(f"Publish the {view} view."))
         task = self.get_parameter("task").value
-        if task not in SCENES:
-            raise ValueError(f"task must be one of {', '.join(SCENES)}, got {task!r}")
-        self._scene = SCENES[task](seed=self.get_parameter("scene_seed").value)
+        self._scene = make_scene(task, self.get_parameter("scene_seed").value)
         self._kinematics = XArm6Kinematics()
         self._renderer = Renderer(self.get_parameter("width").value, self.get_parameter("height").value)
         self._joints = np.array(HOME_JOINTS, dtype=np.float64)

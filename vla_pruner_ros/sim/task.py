@@ -71,6 +71,17 @@ def _check_task(task: str) -> None:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
 
 
+# The scene each task renders, built from a scene seed (the ROS sim cameras and the demo's judge).
+SCENES = {"above": Scene, pregrasp.TASK_NAME: pregrasp.PregraspScene}
+
+
+def make_scene(task: str, scene_seed: int) -> Scene:
+    """The scene of ``task`` ("above" or "pregrasp") from ``scene_seed``; ValueError naming the choices."""
+    if task not in SCENES:
+        raise ValueError(f"task must be one of {', '.join(SCENES)}, got {task!r}")
+    return SCENES[task](seed=scene_seed)
+
+
 def make_episode(seed: int, task: str = "above", target: str | None = None) -> Episode:
     """A seeded scene and a target cube (drawn from the seed unless given) with its instruction."""
     _check_task(task)

@@ -13,19 +13,10 @@ from vla_pruner_ros.sim import pregrasp
 from vla_pruner_ros.sim.kinematics import XArm6Kinematics
 from vla_pruner_ros.sim.robot import GRIPPER_CLOSED_ANGLE
 from vla_pruner_ros.sim.scene import Scene
-from vla_pruner_ros.sim.task import SUCCESS_REGIONS, success
+from vla_pruner_ros.sim.task import SUCCESS_REGIONS, make_scene, success
 
 # "move the gripper above the red cube" (above) and "grasp the left red cube" (pregrasp).
 _NAMED = re.compile(r"\b(?:(left|right)\s+)?(red|green|blue)\b")
-
-
-def make_scene(task: str, scene_seed: int) -> Scene:
-    """The scene sim_cameras renders for ``task`` and ``scene_seed``."""
-    if task == "above":
-        return Scene(seed=scene_seed)
-    if task == pregrasp.TASK_NAME:
-        return pregrasp.PregraspScene(scene_seed)
-    raise ValueError(f"task must be above or {pregrasp.TASK_NAME}, got {task!r}")
 
 
 def gripper_fraction(angle: float) -> float:
