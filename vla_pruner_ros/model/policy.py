@@ -32,7 +32,10 @@ from .processing_oft import (
     DEFAULT_MAX_INSTRUCTION_TOKENS,
     NORMALIZATION_TYPES,
     OFTImageProcessor,
+    ACTION_FRAMES,
     PromptBuilder,
+    action_mask,
+    actions_from_frame,
     load_tokenizer,
     normalize_proprio,
     unnormalize_actions,
@@ -106,6 +109,13 @@ class Policy:
         self.prompt_builder = PromptBuilder(tokenizer, max_instruction_tokens)
         statistics = info.statistics[unnorm_key]
         self.action_stats, self.proprio_stats = statistics["action"], statistics.get("proprio")
+        # what the head's chunk means (processing_oft.ACTION_FRAMES); real OFT checkpoints: absolute
+        self.action_frame = info.sidecar.get("action_frame", "absolute")
+        if self.action_frame not in ACTION_FRAMES:
+            raise ValueError(f"{info.path}: action_frame {self.action_frame!r}: expected one of {ACTION_FRAMES}")
+        if self.action_frame == "relative" and self.proprio_dim != self.action_dim:
+            raise ValueError(f"{info.path}: action_frame 'relative' needs a proprio projector of the action's "
+                             f"size ({self.action_dim}), found {self.proprio_dim}")
         self.stop_token_id = int(tokenizer.eos_token_id)
         self.pruner_config: PrunerConfig | None = None
         self._pruner = None
@@ -142,7 +152,8 @@ class Policy:
         stats = self.info.statistics_file.name if getattr(self.info, "statistics_file", None) else "?"
         return (f"center crop {'on' if self.image_processor.center_crop else 'off'}, views "
                 f"{', '.join(self.view_names)} at {self.config.image_size} px, unnorm key {self.unnorm_key!r} "
-                f"(statistics from {stats}, {self.normalization_type}), chunk {self.chunk_length}")
+                f"(statistics from {stats}, {self.normalization_type}), chunk {self.chunk_length}"
+                + (", actions relative to the proprio" if self.action_frame == "relative" else ""))
 
     # -- pruner ------------------------------------------------------------------------------
     @property
@@ -297,6 +308,8 @@ class Policy:
 
         normalized = prediction.normalized_actions.cpu().numpy().astype(np.float64)
         actions = unnormalize_actions(normalized, self.action_stats, self.normalization_type)
+        actions = actions_from_frame(actions, proprio, self.action_frame,
+                                     action_mask(self.action_stats, self.action_dim))
         kept = decoder.kept_visual.cpu().numpy() if decoder.kept_visual is not None else np.arange(num_visual)
         text = self.config.text_config
         seq_before, seq_after = prediction.layout.length, decoder.layer_rows[-1]

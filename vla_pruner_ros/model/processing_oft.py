@@ -283,6 +283,56 @@ def unnormalize_actions(actions: np.ndarray, stats: dict, kind: str = "bounds_q9
     return np.where(mask, 0.5 * (actions + 1) * (high - low + 1e-8) + low, actions)
 
 
+# ------------------------------------------------------------------------------- action frame
+# What the action head's chunk means. "absolute": joint targets, as OFT's checkpoints (and the
+# xArm6 node's commands) are. "relative": every action of the chunk is an offset from the proprio
+# the chunk was predicted from (the gripper, which normalisation masks out, stays absolute). The
+# offsets span a few tenths of a radian where absolute targets span the whole workspace, so the
+# same normalised error is a finer error in the joints (the pregrasp policy's last centimetre).
+ACTION_FRAMES = ("absolute", "relative")
+
+
+def action_mask(stats: dict, action_dim: int) -> np.ndarray:
+    """The statistics' normalisation mask (True: normalised, and an offset in the relative frame)."""
+    mask = np.asarray(stats.get("mask", [True] * action_dim), dtype=bool)
+    if mask.shape != (action_dim,):
+        raise ValueError(f"action statistics: mask has shape {mask.shape}, the actions {action_dim} values")
+    return mask
+
+
+def _check_frame(frame: str, proprio, action_dim: int) -> np.ndarray | None:
+    if frame not in ACTION_FRAMES:
+        raise ValueError(f"action_frame={frame!r}: expected one of {ACTION_FRAMES}")
+    if frame == "absolute":
+        return None
+    if proprio is None:
+        raise ValueError("action_frame 'relative': the proprio is needed to turn offsets into targets")
+    proprio = np.asarray(proprio, dtype=np.float64)
+    if proprio.shape[-1] != action_dim:
+        raise ValueError(f"action_frame 'relative': proprio has {proprio.shape[-1]} values, the actions "
+                         f"{action_dim}: they must be equal")
+    return proprio
+
+
+def actions_to_frame(actions: np.ndarray, proprio, frame: str, mask) -> np.ndarray:
+    """Absolute action chunks (..., T, D) taken at proprio (..., D), in ``frame``; ``mask`` (D,):
+    the dimensions that are offsets in the relative frame (the normalised ones)."""
+    actions = np.asarray(actions, dtype=np.float64)
+    proprio = _check_frame(frame, proprio, actions.shape[-1])
+    if proprio is None:
+        return actions
+    return np.where(np.asarray(mask, dtype=bool), actions - proprio[..., None, :], actions)
+
+
+def actions_from_frame(actions: np.ndarray, proprio, frame: str, mask) -> np.ndarray:
+    """The inverse of ``actions_to_frame``: chunks in ``frame`` as absolute targets."""
+    actions = np.asarray(actions, dtype=np.float64)
+    proprio = _check_frame(frame, proprio, actions.shape[-1])
+    if proprio is None:
+        return actions
+    return np.where(np.asarray(mask, dtype=bool), actions + proprio[..., None, :], actions)
+
+
 def resolve_unnorm_key(statistics: dict, unnorm_key: str | None) -> str:
     keys = sorted(statistics)
     if not keys:

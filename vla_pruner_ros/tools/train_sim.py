@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="pregrasp: first train the vision towers alone to read the yaw error from the wrist "
                             "view, for this many batches of near-cube samples (0: no; see "
                             "training.train.pretrain_wrist_yaw)")
+    train.add_argument("--action-frame", choices=("absolute", "relative"), default="absolute",
+                       help="what the head learns: absolute joint targets (OFT's), or offsets from the "
+                            "sample's proprio (finer in the joints; written to the checkpoint, applied by "
+                            "every loader)")
     train.add_argument("--eval-every", type=int, default=100, help="validation loss every N steps")
     train.add_argument("--eval-samples", type=int, default=384, help="validation samples per evaluation")
     train.add_argument("--save-every", type=int, default=100, help="save the training state every N steps")
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                          preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                          learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed, threads=args.threads,
                          aux_weight=args.aux_weight, init_from=args.init_from, eval_every=args.eval_every,
-                         yaw_pretrain_steps=args.yaw_pretrain_steps,
+                         yaw_pretrain_steps=args.yaw_pretrain_steps, action_frame=args.action_frame,
                          eval_samples=args.eval_samples, save_every=args.save_every,
                          loss_plot=args.plot, overwrite=args.overwrite, resume=not args.no_resume)
     summary = train(config)

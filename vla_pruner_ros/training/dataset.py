@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..model.processing_oft import resize_for_policy
+from ..model.processing_oft import ACTION_FRAMES, actions_to_frame, resize_for_policy
 from ..sim import CUBE_COLOURS, ScriptedExpert, SimEnv
 from ..sim.kinematics import XArm6Kinematics
 from ..sim.pregrasp import TASK_NAME as PREGRASP, finger_yaw, yaw_error
@@ -316,13 +316,28 @@ def bounds_statistics(values: np.ndarray, mask: list[bool] | None = None,
     return stats
 
 
-def dataset_statistics(proprio: np.ndarray, chunks: np.ndarray, num_trajectories: int) -> dict:
-    """The ``dataset_statistics.json`` entry for this data: actions over every chunk step (the
-    gripper masked out of normalisation, as OFT does), proprio over every state."""
+def action_mask_for(action_dim: int) -> list[bool]:
+    """Joints normalised, the gripper (last) masked out of normalisation, as OFT does."""
+    return [True] * (action_dim - 1) + [False]
+
+
+def chunks_in_frame(chunks: np.ndarray, proprio: np.ndarray, action_frame: str = "absolute") -> np.ndarray:
+    """The recorded (absolute) chunks as the policy is trained to output them (``ACTION_FRAMES``)."""
+    if action_frame == "absolute":
+        return chunks
+    return actions_to_frame(chunks, proprio, action_frame, action_mask_for(chunks.shape[-1])).astype(np.float32)
+
+
+def dataset_statistics(proprio: np.ndarray, chunks: np.ndarray, num_trajectories: int,
+                       action_frame: str = "absolute") -> dict:
+    """The ``dataset_statistics.json`` entry for this data: actions over every chunk step, in
+    ``action_frame`` (the gripper masked out of normalisation, as OFT does), proprio over every state."""
+    if action_frame not in ACTION_FRAMES:
+        raise ValueError(f"action_frame={action_frame!r}: expected one of {ACTION_FRAMES}")
     action_dim = chunks.shape[-1]
-    actions = chunks.reshape(-1, action_dim)
+    actions = chunks_in_frame(chunks, proprio, action_frame).reshape(-1, action_dim)
     return {
-        "action": bounds_statistics(actions, mask=[True] * (action_dim - 1) + [False]),
+        "action": bounds_statistics(actions, mask=action_mask_for(action_dim)),
         "proprio": bounds_statistics(proprio),
         "num_trajectories": int(num_trajectories),
         "num_transitions": int(len(proprio)),
@@ -343,11 +358,11 @@ def read_meta(path: str | os.PathLike) -> dict:
         return json.loads(data["meta"].tobytes().decode())
 
 
-def statistics_from_file(path: str | os.PathLike, with_task: bool = False):
+def statistics_from_file(path: str | os.PathLike, with_task: bool = False, action_frame: str = "absolute"):
     """``dataset_statistics`` of a recorded dataset without loading its images (and its task)."""
     with np.load(path) as data:
         meta = json.loads(data["meta"].tobytes().decode())
-        stats = dataset_statistics(data["proprio"], data["chunks"], len(meta["episodes"]))
+        stats = dataset_statistics(data["proprio"], data["chunks"], len(meta["episodes"]), action_frame)
     return (stats, meta["config"].get("task", "above")) if with_task else stats
 
 
@@ -407,9 +422,14 @@ def pregrasp_yaw_errors(joints: np.ndarray, cube_yaws) -> np.ndarray:
 
 
 class SimDataset:
-    """A recorded dataset in memory: uint8 views, normalised proprio and action chunks."""
+    """A recorded dataset in memory: uint8 views, normalised proprio and action chunks.
 
-    def __init__(self, path: str | os.PathLike, statistics: dict | None = None):
+    ``chunks`` stay as recorded (absolute joint targets); ``normalized_chunks`` are the training
+    targets, in ``action_frame``."""
+
+    def __init__(self, path: str | os.PathLike, statistics: dict | None = None, action_frame: str = "absolute"):
+        if action_frame not in ACTION_FRAMES:
+            raise ValueError(f"action_frame={action_frame!r}: expected one of {ACTION_FRAMES}")
         if not os.path.isfile(path):
             raise ValueError(f"dataset {path}: no such file (build it with `vla-pruner train-sim`)")
         with np.load(path) as data:
@@ -427,9 +447,12 @@ class SimDataset:
         self.path = os.fspath(path)
         self.instructions: list[str] = self.meta["instructions"]
         self.config = self.meta["config"]
-        self.statistics = statistics or dataset_statistics(self.proprio, self.chunks, len(self.meta["episodes"]))
+        self.action_frame = action_frame
+        self.statistics = statistics or dataset_statistics(self.proprio, self.chunks, len(self.meta["episodes"]),
+                                                           action_frame)
         self.normalized_proprio = normalize_bounds(self.proprio, self.statistics["proprio"]).astype(np.float32)
-        self.normalized_chunks = normalize_bounds(self.chunks, self.statistics["action"]).astype(np.float32)
+        self.normalized_chunks = normalize_bounds(chunks_in_frame(self.chunks, self.proprio, action_frame),
+                                                  self.statistics["action"]).astype(np.float32)
         # Where the named cube is, per sample, scaled to [-1, 1] over the region cubes are drawn from
         # (training-only auxiliary target; not part of the policy's inputs or outputs).
         x_min, x_max, y_min, y_max = CUBE_REGION

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..model.checkpoint import PRESETS, build_model, save_checkpoint
-from ..model.processing_oft import PromptBuilder, load_tokenizer
+from ..model.processing_oft import ACTION_FRAMES, PromptBuilder, load_tokenizer
 from ..model.tokenization_oft import build_tokenizer, save_tokenizer_files
 from ..sim import CUBE_COLOURS
 from .dataset import VIEW_NAMES, SimDataset, pixel_tensor, read_meta
@@ -84,6 +84,9 @@ class TrainConfig:
     yaw_pretrain_steps: int = 0
     yaw_pretrain_batch: int = 32
     yaw_pretrain_lr: float = 5e-4
+    # what the head learns to output (processing_oft.ACTION_FRAMES): "relative" = offsets from the
+    # proprio of the sample, written to the checkpoint's sidecar so every loader adds them back
+    action_frame: str = "absolute"
     overwrite: bool = False
     resume: bool = True
 
@@ -106,6 +109,8 @@ class TrainConfig:
             raise ValueError("TrainConfig: yaw_pretrain_steps must be >= 0, yaw_pretrain_batch >= 1, "
                              f"yaw_pretrain_lr > 0 (got {self.yaw_pretrain_steps}, {self.yaw_pretrain_batch}, "
                              f"{self.yaw_pretrain_lr})")
+        if self.action_frame not in ACTION_FRAMES:
+            raise ValueError(f"TrainConfig.action_frame={self.action_frame!r}: expected one of {ACTION_FRAMES}")
         if not self.aux_weight >= 0:
             raise ValueError(f"TrainConfig.aux_weight={self.aux_weight!r}: expected >= 0")
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -153,15 +158,23 @@ def dataset_task(path: str | os.PathLike) -> str:
     return read_meta(path)["config"].get("task", "above")
 
 
-def inherited_statistics(init_from: str | os.PathLike | None, dataset: str | os.PathLike) -> dict | None:
+def inherited_statistics(init_from: str | os.PathLike | None, dataset: str | os.PathLike,
+                         action_frame: str = "absolute") -> dict | None:
     """The normalisation statistics to train with when warm-starting from ``init_from``: the source
-    checkpoint's own, when it was trained on the same task (fine-tuning, e.g. on a dataset extended
-    by DAgger, keeps the scale its outputs were learnt in); None (compute them from the data) for
-    a checkpoint of another task or no warm start."""
+    checkpoint's own, when it was trained on the same task in the same action frame (fine-tuning,
+    e.g. on a dataset extended by DAgger, keeps the scale its outputs were learnt in); None (compute
+    them from the data) for a checkpoint of another task or frame, or no warm start."""
     if not init_from:
         return None
     path = Path(init_from) / "dataset_statistics.json"
     if not path.is_file():
+        return None
+    sidecar = Path(init_from) / "vla_pruner_oft.json"
+    source_frame = "absolute"
+    if sidecar.is_file():
+        with open(sidecar, encoding="utf-8") as f:
+            source_frame = json.load(f).get("action_frame", "absolute")
+    if source_frame != action_frame:
         return None
     with open(path, encoding="utf-8") as f:
         statistics = json.load(f)
@@ -461,7 +474,9 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     if out_dir.exists() and any(out_dir.iterdir()) and not config.overwrite:
         raise ValueError(f"out_dir {out_dir}: exists and is not empty (pass overwrite to replace it)")
 
-    dataset = SimDataset(config.dataset, statistics=inherited_statistics(config.init_from, config.dataset))
+    dataset = SimDataset(config.dataset, statistics=inherited_statistics(config.init_from, config.dataset,
+                                                                         config.action_frame),
+                         action_frame=config.action_frame)
     tokenizer, prompt_builder, stop_token_id = _prompt_tools(work_dir)
     model = build_model(config.preset, seed=config.seed)
     from ..model.processing_oft import OFTImageProcessor
@@ -618,8 +633,9 @@ def export_checkpoint(config: TrainConfig) -> Path:
     model = build_model(state["config"]["preset"], seed=config.seed)
     model.load_state_dict(state["model"])
     tokenizer, _, _ = _prompt_tools(Path(config.work_dir))
-    statistics, task = statistics_from_file(state["config"]["dataset"], with_task=True)
-    statistics = inherited_statistics(state["config"].get("init_from"), state["config"]["dataset"]) or statistics
+    frame = state["config"].get("action_frame", "absolute")
+    statistics, task = statistics_from_file(state["config"]["dataset"], with_task=True, action_frame=frame)
+    statistics = inherited_statistics(state["config"].get("init_from"), state["config"]["dataset"], frame) or statistics
     unnorm_key = unnorm_key_for(task)
     return write_checkpoint(model.eval(), out_dir, {unnorm_key: statistics}, tokenizer,
                             TrainConfig(**{**state["config"], "out_dir": str(out_dir)}), state["step"], unnorm_key)
@@ -633,7 +649,7 @@ def write_checkpoint(model, out_dir: Path, statistics: dict, tokenizer, config: 
     try:
         save_checkpoint(model, staging, statistics, tokenizer, preset_name=config.preset, seed=config.seed,
                         step=step, unnorm_key=unnorm_key, weights_dtype=config.weights_dtype,
-                        view_names=VIEW_NAMES)
+                        view_names=VIEW_NAMES, action_frame=config.action_frame)
         # mkdtemp makes a private (0700) folder; a shipped checkpoint should be readable by all.
         os.chmod(staging, 0o755)
         for file in staging.iterdir():

@@ -17,7 +17,8 @@ Safetensors keys: ``vision_backbone.featurizer.*`` (DINOv2, LayerScale as ``ls*.
 
 Project extension: ``vla_pruner_oft.json`` (absent in real checkpoints) records what real
 config.json files do not hold -- chunk length, number of views, unnorm key, center crop,
-normalisation type -- and is read as defaults by ``load_checkpoint``.
+normalisation type, and ``action_frame`` when the chunk is relative to the proprio (absent:
+absolute, as OFT's) -- and is read as defaults by ``load_checkpoint``.
 
 One job per module: ``layout`` (file names, defaults), ``presets``, ``tensors`` (tensor naming
 and the table check), ``files`` (safetensors headers, head files), ``loader``, ``writer`` and

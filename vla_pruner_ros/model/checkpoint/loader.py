@@ -69,7 +69,7 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         return {}
     sidecar = read_json_object(sidecar_path)
     known = {"format_version", "preset", "seed", "chunk_length", "num_images_in_input", "unnorm_key",
-             "center_crop", "normalization_type", "view_names"}
+             "center_crop", "normalization_type", "view_names", "action_frame"}
     unknown = set(sidecar) - known
     if unknown:
         raise ValueError(f"{sidecar_path}: unknown fields {sorted(unknown)}")

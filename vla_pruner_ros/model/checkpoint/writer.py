@@ -14,7 +14,7 @@ import torch
 
 from ..modeling_oft import OFTForActionPrediction
 from ..modeling_vision import timm_to_checkpoint_key
-from ..processing_oft import NORMALIZATION_TYPES
+from ..processing_oft import ACTION_FRAMES, NORMALIZATION_TYPES
 from .layout import (
     BACKBONE_PREFIXES,
     CONFIG_FILE,
@@ -78,7 +78,7 @@ def _statistics(action_dim: int, proprio_dim: int | None) -> dict[str, Any]:
 
 _MAKE_OVERRIDES = {"image_size", "chunk_length", "action_dim", "proprio_dim", "num_images", "unnorm_key",
                    "weights_dtype", "center_crop", "text_config", "timm_overrides", "step", "normalization_type",
-                   "tokenizer_pieces"}
+                   "tokenizer_pieces", "action_frame"}
 
 
 def _write_json(path: Path, content: Any) -> None:
@@ -119,8 +119,8 @@ def make_checkpoint(preset: str | CheckpointPreset, out_dir: str | os.PathLike, 
 
     overrides: image_size, chunk_length, action_dim, proprio_dim (None: no proprio projector),
     num_images, unnorm_key, weights_dtype ("bfloat16" like real checkpoints, or "float32"),
-    center_crop, normalization_type, text_config (dict of Llama fields), timm_overrides, step,
-    tokenizer_pieces (default 32000 with Llama-2's ids: "▁" 29871, <PAD> 32000, vocab 32064).
+    center_crop, normalization_type, action_frame ("absolute" or "relative"), text_config (dict of
+    Llama fields), timm_overrides, step, tokenizer_pieces (default 32000 with Llama-2's ids: "▁" 29871, <PAD> 32000, vocab 32064).
     """
     preset = get_preset(preset)
     unknown = set(overrides) - _MAKE_OVERRIDES
@@ -165,14 +165,15 @@ def make_checkpoint(preset: str | CheckpointPreset, out_dir: str | os.PathLike, 
     return save_checkpoint(model, out, statistics, tokenizer, preset_name=preset.name, seed=seed, shards=shards,
                            step=step, unnorm_key=unnorm_key, weights_dtype=weights_dtype_name,
                            center_crop=bool(overrides.get("center_crop", False)),
-                           normalization_type=normalization_type, num_images=num_images)
+                           normalization_type=normalization_type, num_images=num_images,
+                           action_frame=overrides.get("action_frame", "absolute"))
 
 
 def save_checkpoint(model: OFTForActionPrediction, out_dir: str | os.PathLike, statistics: dict[str, Any],
                     tokenizer, *, preset_name: str, seed: int = 0, shards: int | None = None, step: int = 5000,
                     unnorm_key: str = "xarm6_sim", weights_dtype: str = "bfloat16", center_crop: bool = False,
                     normalization_type: str = "bounds_q99", num_images: int = DEFAULT_NUM_IMAGES,
-                    view_names: tuple[str, ...] | None = None) -> Path:
+                    view_names: tuple[str, ...] | None = None, action_frame: str = "absolute") -> Path:
     """Write ``model``'s weights (random or trained) as a checkpoint directory in the OFT layout.
 
     statistics: the ``dataset_statistics.json`` content {unnorm_key: {"action": ..., "proprio": ...}};
@@ -190,6 +191,8 @@ def save_checkpoint(model: OFTForActionPrediction, out_dir: str | os.PathLike, s
         raise ValueError(f"normalization_type={normalization_type!r}: expected one of {NORMALIZATION_TYPES}")
     if unnorm_key not in statistics:
         raise ValueError(f"unnorm_key={unnorm_key!r} is not in the statistics {sorted(statistics)}")
+    if action_frame not in ACTION_FRAMES:
+        raise ValueError(f"action_frame={action_frame!r}: expected one of {ACTION_FRAMES}")
     if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
         raise ValueError(f"shards={shards!r}: expected a positive integer or None")
     if tokenizer.token_to_id("<PAD>") != model.config.pad_token_id:
@@ -245,5 +248,7 @@ def save_checkpoint(model: OFTForActionPrediction, out_dir: str | os.PathLike, s
     }
     if view_names is not None:
         sidecar["view_names"] = list(view_names)
+    if action_frame != "absolute":  # absent = absolute, as in every checkpoint written before
+        sidecar["action_frame"] = action_frame
     _write_json(out / SIDECAR_FILE, sidecar)
     return out
