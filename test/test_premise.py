@@ -104,4 +104,11 @@ def test_premise_command_on_tiny(tiny_checkpoint, tmp_path, capsys):
     saved = json.loads((tmp_path / "premise.json").read_text())
     assert len(saved["steps"]) == 2 and set(saved["summary"]["scores"]) == set(SCORES) | set(SETS)
     assert (tmp_path / "premise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the token sets rank nothing: no (empty) bar for them in the rho and recall panels
+    from vla_pruner_ros.evaluation.premise import panel_rows
+
+    summary = saved["summary"]
+    for key in ("spearman", "recall"):
+        assert set(panel_rows(summary, key)) == set(SCORES) & {n for n, r in summary["scores"].items() if r["steps"]}
+    assert set(SETS) <= set(panel_rows(summary, "keep_deviation"))
     assert main(["premise", "--checkpoint", str(tmp_path), "--sim", "1"]) == 2  # not a checkpoint

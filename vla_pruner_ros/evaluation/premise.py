@@ -374,6 +374,13 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def panel_rows(summary: dict, key: str) -> list[str]:
+    """The scores a plot panel shows: every measured one, except that the token sets (VLA-Pruner's,
+    DivPrune's), which rank nothing, appear only in the action-change panel."""
+    names = [n for n, row in summary["scores"].items() if row["steps"]]
+    return names if key == "keep_deviation" else [n for n in names if n not in SETS]
+
+
 def plot_premise(summary: dict, path: str | os.PathLike) -> Path:
     """Three panels per score: Spearman rho, top-k recall (chance marked), action change at the keep ratio."""
     import matplotlib
@@ -381,21 +388,22 @@ def plot_premise(summary: dict, path: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n, row in summary["scores"].items() if row["steps"]]
-    set_names = [n for n in names if n in SETS]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), dpi=110)
     panels = (("spearman", "Spearman rho vs causal importance"), ("recall", "top-k recall"),
               ("keep_deviation", f"action change keeping top {summary['keep_ratio']:g}"))
-    colours = ["tab:green" if n in SETS else "tab:blue" if n in ("action_now", "s_act_temporal") else
-               "tab:gray" if n == "random" else "tab:orange" for n in names]
+
+    def colour(name: str) -> str:
+        return ("tab:green" if name in SETS else "tab:blue" if name in ("action_now", "s_act_temporal") else
+                "tab:gray" if name == "random" else "tab:orange")
+
     for ax, (key, title) in zip(axes, panels):
-        values = [summary["scores"][n][key] for n in names]
-        values = [0.0 if (n in set_names and key != "keep_deviation") else v for n, v in zip(names, values)]
-        errors = [summary["scores"][n][key + "_ci95"] for n in names]
+        shown = panel_rows(summary, key)
+        values = [summary["scores"][n][key] for n in shown]
+        errors = [summary["scores"][n][key + "_ci95"] for n in shown]
         errors = [e if math.isfinite(e) else 0.0 for e in errors]
-        ax.bar(range(len(names)), values, yerr=errors, color=colours, capsize=3)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+        ax.bar(range(len(shown)), values, yerr=errors, color=[colour(n) for n in shown], capsize=3)
+        ax.set_xticks(range(len(shown)))
+        ax.set_xticklabels(shown, rotation=35, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
     axes[1].axhline(summary["chance_recall"], color="black", linestyle=":", linewidth=1, label="chance")
