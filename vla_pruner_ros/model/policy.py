@@ -29,10 +29,10 @@ from .checkpoint import load_checkpoint, validate_unnorm_key
 from .modeling_llama import PruneRequest
 from .precision import DtypeChoice, resolve_dtype
 from .processing_oft import (
+    ACTION_FRAMES,
     DEFAULT_MAX_INSTRUCTION_TOKENS,
     NORMALIZATION_TYPES,
     OFTImageProcessor,
-    ACTION_FRAMES,
     PromptBuilder,
     action_mask,
     actions_from_frame,
@@ -116,6 +116,7 @@ class Policy:
         if self.action_frame == "relative" and self.proprio_dim != self.action_dim:
             raise ValueError(f"{info.path}: action_frame 'relative' needs a proprio projector of the action's "
                              f"size ({self.action_dim}), found {self.proprio_dim}")
+        self._action_mask = action_mask(self.action_stats, self.action_dim)  # the dims that are offsets
         self.stop_token_id = int(tokenizer.eos_token_id)
         self.pruner_config: PrunerConfig | None = None
         self._pruner = None
@@ -308,8 +309,7 @@ class Policy:
 
         normalized = prediction.normalized_actions.cpu().numpy().astype(np.float64)
         actions = unnormalize_actions(normalized, self.action_stats, self.normalization_type)
-        actions = actions_from_frame(actions, proprio, self.action_frame,
-                                     action_mask(self.action_stats, self.action_dim))
+        actions = actions_from_frame(actions, proprio, self.action_frame, self._action_mask)
         kept = decoder.kept_visual.cpu().numpy() if decoder.kept_visual is not None else np.arange(num_visual)
         text = self.config.text_config
         seq_before, seq_after = prediction.layout.length, decoder.layer_rows[-1]

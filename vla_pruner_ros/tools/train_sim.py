@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="pregrasp: first train the vision towers alone to read the yaw error from the wrist "
                             "view, for this many batches of near-cube samples (0: no; see "
                             "training.train.pretrain_wrist_yaw)")
+    # processing_oft.ACTION_FRAMES, spelt out: importing it (torch) would slow every CLI start-up
     train.add_argument("--action-frame", choices=("absolute", "relative"), default="absolute",
                        help="what the head learns: absolute joint targets (OFT's), or offsets from the "
                             "sample's proprio (finer in the joints; written to the checkpoint, applied by "

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model.checkpoint import PRESETS, build_model, save_checkpoint
+from ..model.checkpoint import PRESETS, build_model, read_sidecar, save_checkpoint
 from ..model.processing_oft import ACTION_FRAMES, PromptBuilder, load_tokenizer
 from ..model.tokenization_oft import build_tokenizer, save_tokenizer_files
 from ..sim import CUBE_COLOURS
@@ -169,12 +169,7 @@ def inherited_statistics(init_from: str | os.PathLike | None, dataset: str | os.
     path = Path(init_from) / "dataset_statistics.json"
     if not path.is_file():
         return None
-    sidecar = Path(init_from) / "vla_pruner_oft.json"
-    source_frame = "absolute"
-    if sidecar.is_file():
-        with open(sidecar, encoding="utf-8") as f:
-            source_frame = json.load(f).get("action_frame", "absolute")
-    if source_frame != action_frame:
+    if read_sidecar(Path(init_from)).get("action_frame", "absolute") != action_frame:
         return None
     with open(path, encoding="utf-8") as f:
         statistics = json.load(f)

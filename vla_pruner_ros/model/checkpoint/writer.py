@@ -120,7 +120,8 @@ def make_checkpoint(preset: str | CheckpointPreset, out_dir: str | os.PathLike, 
     overrides: image_size, chunk_length, action_dim, proprio_dim (None: no proprio projector),
     num_images, unnorm_key, weights_dtype ("bfloat16" like real checkpoints, or "float32"),
     center_crop, normalization_type, action_frame ("absolute" or "relative"), text_config (dict of
-    Llama fields), timm_overrides, step, tokenizer_pieces (default 32000 with Llama-2's ids: "▁" 29871, <PAD> 32000, vocab 32064).
+    Llama fields), timm_overrides, step, tokenizer_pieces (default 32000 with Llama-2's ids: "▁" 29871,
+    <PAD> 32000, vocab 32064).
     """
     preset = get_preset(preset)
     unknown = set(overrides) - _MAKE_OVERRIDES
