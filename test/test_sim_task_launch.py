@@ -11,7 +11,7 @@ import yaml
 
 from vla_pruner_ros.control import launch_logic
 from vla_pruner_ros.control.launch_logic import (DEFAULT_SIM_TASK, LAUNCH_ARGUMENTS, SIM_TASKS, LaunchRefused,
-                                                 plan_launch, pruning_in)
+                                                 node_parameters, plan_launch, pruning_in)
 from vla_pruner_ros.sim import pregrasp
 from vla_pruner_ros.sim.kinematics import HOME_JOINTS, XArm6Kinematics
 from vla_pruner_ros.sim.pregrasp import PregraspScene, down_rotation, draw_episode
@@ -105,6 +105,7 @@ def test_the_shipped_pregrasp_policy_is_the_default_with_its_own_pruning(data_ro
     params_file, layered, overrides = plan.nodes[0].parameters
     assert layered == str(settings) and pruning_in(layered) == {"method": "divprune", "keep_ratio": 0.5}
     assert any("divprune keep 0.5 from config/sim_pregrasp.yaml" in m for m in plan.messages)
+    assert not any("; also" in m for m in plan.messages)  # a file with pruning only names nothing else
     # Naming the checkpoint or a parameter file turns the layer off.
     for values in ({"checkpoint": str(shipped)}, {"params_file": str(params_file)}):
         parameters = plan_launch({"sim_task": "pregrasp", **values}).nodes[0].parameters
@@ -124,6 +125,9 @@ def test_this_checkout_ships_the_pregrasp_policy_with_the_pruning_its_table_chos
     assert Path(overrides["checkpoint"]) == ROOT / "checkpoints" / "xarm6_sim_pregrasp"
     assert Path(layered) == ROOT / "config" / "sim_pregrasp.yaml"
     assert pruning_in(layered) == {"method": "divprune", "keep_ratio": 0.25, "layer": 2}
+    # ... and the open-loop horizon its table ran at (config/sim_pregrasp.yaml says why), announced.
+    assert node_parameters(layered)["actions_per_step"] == 7
+    assert any("also actions_per_step 7" in message for message in plan.messages)
     assert overrides["instruction"] == draw_episode(0)[1].join(("grasp the ", " cube"))
 
 

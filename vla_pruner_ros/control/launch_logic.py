@@ -348,9 +348,13 @@ def plan_launch(values: dict[str, str], installed=ros_package_installed, which=s
     if shipped:
         prune = pruning_in(shipped)
         shipped_params = SHIPPED_SIM_POLICIES[_policy_task(args)][1]
+        # Settings besides pruning that the file changes (pregrasp: actions_per_step), named so a user
+        # comparing against policy.yaml sees them.
+        others = {name: value for name, value in node_parameters(shipped).items() if not name.startswith("prune.")}
+        also = "; also " + ", ".join(f"{name} {value}" for name, value in sorted(others.items())) if others else ""
         plan.messages.append(f"shipped sim policy: pruning {prune.get('method', '?')} keep {prune.get('keep_ratio', '?')} "
-                             f"from {shipped_params}, its closed-loop table's choice (others: params_file:=, or the "
-                             "demo's --method/--keep-ratio)")
+                             f"from {shipped_params}, its closed-loop table's choice{also} (others: params_file:=, or "
+                             "the demo's --method/--keep-ratio)")
     if record:
         topics = record_topics()
         if rosbag2_available(storage, installed, which):
