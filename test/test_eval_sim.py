@@ -249,3 +249,28 @@ def test_shipped_pregrasp_policy_is_the_deep_preset_small_and_grasps_after_the_i
     tcp = env.tcp_position()
     assert np.linalg.norm(tcp[:2] - last.position[:2]) < 0.025 < np.linalg.norm(tcp[:2] - first.position[:2])
     assert result.success
+
+
+PREGRASP_B = PREGRASP.parent / "xarm6_sim_pregrasp_b"
+
+
+def test_second_pregrasp_policy_is_an_independent_deep_policy_that_grasps():
+    """Policy B of the pregrasp tables (README, "A second pregrasp policy"): same preset and task as
+    the shipped policy, under 25 MB, trained from another initialisation (different weights), and
+    it solves scene seed 0 unpruned at the 7 chunk points per call its table ran at."""
+    import torch
+    from safetensors.torch import load_file
+
+    from vla_pruner_ros.training.evaluate import RENDER_SIZE
+
+    info = inspect_checkpoint(PREGRASP_B)
+    assert info.sidecar["preset"] == "xarm6-sim-deep" and info.chunk_length == 8
+    assert sum(f.stat().st_size for f in PREGRASP_B.iterdir()) / 1e6 < 25
+    weights_a, weights_b = load_file(PREGRASP / "model.safetensors"), load_file(PREGRASP_B / "model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    assert all(not torch.equal(weights_a[name], weights_b[name]) for name in weights_a
+               if name.endswith("q_proj.weight"))
+    policy = load_policy(PREGRASP_B, device="cpu", dtype="float32")
+    env = SimEnv(seed=0, image_size=RENDER_SIZE, task="pregrasp")
+    result = run_episode(policy, env, seed=0, robot=load_robot_config(), actions_per_step=7, task="pregrasp")
+    assert result.success
