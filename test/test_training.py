@@ -417,6 +417,26 @@ def test_dagger_labels_the_policy_visited_states_with_the_expert_and_appends_the
         append_records(out, records, episodes, tmp_path / "again.npz")
 
 
+def test_dagger_command_line_rolls_out_at_the_given_horizon(pregrasp_dataset, tiny_checkpoint, tmp_path, capsys):
+    """`python -m vla_pruner_ros.training.dagger --actions-per-step N --max-steps M`: the roll-out
+    follows N points per policy call (recorded with the round) for M steps, and a bad N is refused."""
+    from vla_pruner_ros.training.dagger import main
+    from vla_pruner_ros.training.dataset import read_meta
+
+    _, path, _ = pregrasp_dataset
+    out = tmp_path / "merged.npz"
+    common = ["--checkpoint", str(tiny_checkpoint), "--dataset", str(path), "--out", str(out), "--episodes", "1",
+              "--first-seed", "43", "--expert-probability", "0", "--max-steps", "5"]
+    assert main(common + ["--actions-per-step", "3"]) == 0
+    (round_,) = read_meta(out)["dagger_rounds"]
+    assert round_["actions_per_step"] == 3 and round_["max_steps"] == 5 and round_["samples"] == 5
+    assert len(SimDataset(out)) == len(SimDataset(path)) + 5
+    with pytest.raises(SystemExit) as refused:
+        main(common + ["--actions-per-step", "0", "--out", str(tmp_path / "bad.npz")])
+    assert refused.value.code == 2 and "actions_per_step=0" in capsys.readouterr().err
+    assert not (tmp_path / "bad.npz").exists()
+
+
 def test_append_streams_the_stored_arrays_and_refuses_mismatched_samples_without_leaving_a_file(
         pregrasp_dataset, tmp_path):
     """append_records copies the stored arrays into the new file without loading them (a dataset can

@@ -308,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=40)
     parser.add_argument("--first-seed", type=int, default=200_000)
     parser.add_argument("--expert-probability", type=float, default=0.3)
+    parser.add_argument("--actions-per-step", type=int, default=4,
+                        help="chunk points the policy follows per call (default 4, policy.yaml's); roll out at "
+                             "the horizon the policy is deployed with (config/sim_pregrasp.yaml: 7)")
+    parser.add_argument("--max-steps", type=int, default=None, help="control steps per episode (default: the task's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -316,9 +320,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.checkpoint:
         parser.error("--checkpoint is required (except with --relabel)")
-    config = DaggerConfig(checkpoint=args.checkpoint, dataset=args.dataset, out=args.out, episodes=args.episodes,
-                          first_seed=args.first_seed, expert_probability=args.expert_probability, seed=args.seed,
-                          threads=args.threads)
+    try:
+        config = DaggerConfig(checkpoint=args.checkpoint, dataset=args.dataset, out=args.out, episodes=args.episodes,
+                              first_seed=args.first_seed, expert_probability=args.expert_probability, seed=args.seed,
+                              actions_per_step=args.actions_per_step, max_steps=args.max_steps, threads=args.threads)
+    except ValueError as error:
+        parser.error(str(error))  # one line and exit status 2, before anything is rolled out
     started = time.time()
     records, episodes = collect(config)
     print(f"dagger: {len(records)} episodes, {sum(len(r.chunks) for r in records)} samples, policy+expert "
