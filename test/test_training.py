@@ -20,6 +20,7 @@ from vla_pruner_ros.training.dataset import (
     pixel_tensor,
     policy_view,
     read_meta,
+    stored_npz_array,
 )
 from vla_pruner_ros.training.train import TrainConfig, learning_rate_at, train
 
@@ -574,3 +575,32 @@ def test_wrist_yaw_pretraining_trains_the_towers_on_near_cube_samples(small_data
     with pytest.raises(ValueError, match="no near-cube samples"):
         train(TrainConfig(**{**config.__dict__, "dataset": str(small_dataset[1]), "work_dir": str(tmp_path / "w2"),
                              "out_dir": str(tmp_path / "c2")}), progress=False)
+
+
+def test_uncompressed_views_are_mapped_from_the_file_not_loaded(small_dataset, tmp_path):
+    """A dataset stored without compression (dagger --no-compress) gives its views as read-only memory
+    maps of the file, equal to what np.load reads; compressed members are loaded as before, and the
+    training dataset holds the same pixels either way."""
+    _, path, _ = small_dataset
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    stored = tmp_path / "stored.npz"
+    np.savez(stored, **arrays)
+    for name, array in arrays.items():
+        mapped = stored_npz_array(stored, name)
+        assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+        assert mapped.dtype == array.dtype
+        np.testing.assert_array_equal(mapped, array)
+        assert stored_npz_array(path, name) is None  # build_dataset compresses
+    with pytest.raises(KeyError, match="no array 'depth'"):
+        stored_npz_array(stored, "depth")
+    fortran = tmp_path / "fortran.npz"
+    np.savez(fortran, grid=np.asfortranarray(np.arange(12, dtype=np.int16).reshape(3, 4)))
+    np.testing.assert_array_equal(stored_npz_array(fortran, "grid"), np.arange(12).reshape(3, 4))
+    mapped_data, loaded_data = SimDataset(stored), SimDataset(path)
+    for view in ("fixed", "wrist"):
+        assert isinstance(mapped_data.views[view], np.memmap)
+        assert not isinstance(loaded_data.views[view], np.memmap)
+        indices = np.array([0, len(loaded_data) - 1, 3])
+        np.testing.assert_array_equal(mapped_data.views[view][indices], loaded_data.views[view][indices])
+    np.testing.assert_array_equal(mapped_data.normalized_chunks, loaded_data.normalized_chunks)
