@@ -34,7 +34,7 @@ import numpy as np
 
 from ..sim import SimEnv
 from ..sim.task import MAX_STEPS, make_episode, make_expert
-from .dataset import RENDER_SIZE, VIEW_NAMES, EpisodeRecord, read_meta
+from .dataset import RENDER_SIZE, VIEW_NAMES, EpisodeRecord, read_meta, read_npy_header
 
 
 @dataclass(frozen=True)
@@ -225,9 +225,7 @@ def _stream_members(source, tmp: str, additions: dict, meta: dict, method: int) 
             if name == "meta":
                 continue
             with src.open(member) as stored:
-                version = fmt.read_magic(stored)
-                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-                shape, fortran, dtype = read_header(stored)
+                shape, fortran, dtype = read_npy_header(stored)
                 if fortran:
                     raise ValueError(f"{source}: {name} is stored in Fortran order; expected C order")
                 extra = additions.get(name)

@@ -352,6 +352,14 @@ def normalize_bounds(values: np.ndarray, stats: dict) -> np.ndarray:
     return np.where(mask, scaled, values)
 
 
+def read_npy_header(stream) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the .npy that starts at ``stream``'s position; the stream is
+    left at the first byte of its data."""
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read_header(stream)
+
+
 def stored_npz_array(path: str | os.PathLike, name: str) -> np.ndarray | None:
     """Member ``name`` of an .npz as a read-only memory map, or None when it cannot be mapped (the
     member is compressed, or is an object array).
@@ -374,13 +382,7 @@ def stored_npz_array(path: str | os.PathLike, name: str) -> np.ndarray | None:
             raise ValueError(f"dataset {path}: damaged zip entry {member!r}")
         name_length, extra_length = struct.unpack("<HH", local[26:30])
         handle.seek(info.header_offset + 30 + name_length + extra_length)
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
-        else:  # NumPy writes 3.0 only for non-latin1 field names; not ours
-            return None
+        shape, fortran_order, dtype = read_npy_header(handle)
         if dtype.hasobject:
             return None
         offset = handle.tell()
