@@ -31,6 +31,7 @@ import torch
 from safetensors import safe_open
 
 from vla_pruner_ros.model import load_policy, make_checkpoint
+from vla_pruner_ros.model.precision import cpu_native_bf16_flags
 from vla_pruner_ros.model.processing_oft import center_crop, normalize_proprio, resize_for_policy
 
 FIXTURE = Path(__file__).parent / "fixtures" / "upstream_oft" / "expected.json"
@@ -38,7 +39,17 @@ ACTION_ATOL = 1e-4  # normalised and un-normalised actions, float32 (see module 
 FEATURE_ATOL = 1e-5  # intermediate activations of O(1) size, float32
 # bfloat16: one ulp at O(1) is 7.8e-3; kernels that accumulate in another order may flip a few
 # roundings. Coarse check only (float32 above is the real comparison).
+# The fixture's bf16 run was made on a CPU with native bf16 (avx512_bf16), where both sides ran the
+# same oneDNN kernels and agreed bit for bit: there 0.02. A CPU without native bf16 runs bf16 GEMMs
+# on another path (other blocking and rounding); on an AMD EPYC without AVX-512 (2026-12) our bf16
+# actions came out 0.039-0.049 from upstream's bf16 ones and 0.025-0.036 from upstream's float32
+# ones, while upstream's own bf16 is 0.029-0.041 from its float32. So on such a CPU the check is
+# "as close to upstream's float32 as upstream's bf16 is, up to bf16 rounding": 0.06 to float32,
+# 0.08 (two roundings' worth) to upstream's bf16. Both stay far below a real difference (causal
+# attention: 0.52-0.98).
 BF16_ATOL = 2e-2
+BF16_ATOL_OTHER_KERNELS = 8e-2
+BF16_TO_FLOAT32_ATOL = 6e-2
 # Resized views (Pillow vs TF JPEG decode + Lanczos): measured 0.97 levels max / 0.26 mean on the
 # 14x14 patch means, 0.060 max on the normalised actions of this random tiny model.
 RESIZED_PATCH_MEAN_MAX, RESIZED_PATCH_MEAN_AVG = 2.0, 0.5
@@ -267,11 +278,16 @@ def test_causal_mode_matches_upstream_with_stock_attention(policies, exact_cases
 
 
 def test_actions_match_upstream_bfloat16(policies, exact_cases):
+    # Same kernel family as the fixture's machine only where the CPU has native bf16 (see BF16_ATOL).
+    atol = BF16_ATOL if cpu_native_bf16_flags() else BF16_ATOL_OTHER_KERNELS
     for case in exact_cases[:2]:  # two prompts/proprio vectors; the bf16 path has no per-case branches
         images, proprio = make_case_inputs(case)
         out = policy_for(policies, case, torch.bfloat16).predict(images=images, proprio=proprio,
                                                                   instruction=case["inputs"]["instruction"])
         ref = case["upstream_bfloat16"]
-        np.testing.assert_allclose(out.normalized_actions, ref["normalized_actions"], rtol=0, atol=BF16_ATOL,
+        np.testing.assert_allclose(out.normalized_actions, ref["normalized_actions"], rtol=0, atol=atol,
                                    err_msg=case["name"])
-        np.testing.assert_allclose(out.actions, ref["actions"], rtol=0, atol=BF16_ATOL, err_msg=case["name"])
+        np.testing.assert_allclose(out.actions, ref["actions"], rtol=0, atol=atol, err_msg=case["name"])
+        # On any CPU: no further from upstream's float32 than bf16 rounding takes upstream itself.
+        np.testing.assert_allclose(out.normalized_actions, case["upstream_float32"]["normalized_actions"],
+                                   rtol=0, atol=BF16_TO_FLOAT32_ATOL, err_msg=case["name"])
