@@ -601,7 +601,11 @@ class PolicyNode(Node):
 
 
 def main(args=None) -> int:
-    return spin_node(PolicyNode, args)
+    # One executor thread: every callback here is short (the step runs on its own worker, frames
+    # decode on theirs), and rclpy's multi-threaded executor spends its own CPU and GIL on 100 Hz
+    # joint states + the 100 Hz tick: docs/bench/node_executor.py measured the step twice as slow
+    # beside it on 2 cores (README, "The policy node's executor").
+    return spin_node(PolicyNode, args, num_threads=1)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def slope_per_1000(steps: list[int], values: list[float]) -> float:
 def run(args) -> int:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from tqdm import tqdm
 
@@ -117,13 +117,25 @@ def run(args) -> int:
 
     monitor.create_subscription(PrunerStats, "/vla_pruner_policy/stats", on_stats, 100)
     monitor.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 100)
-    executor = MultiThreadedExecutor(num_threads=6, context=context)
-    for n in (arm, cameras, node, monitor):
-        executor.add_node(n)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    # Executors as the launch file has them: the simulated arm and cameras on one single-threaded
+    # executor, the policy node on another (a multi-threaded one halved the step: README,
+    # "The policy node's executor"); the monitor rides with the policy node.
+    executors = [SingleThreadedExecutor(context=context), SingleThreadedExecutor(context=context)]
+    for executor, nodes in zip(executors, ((arm, cameras), (node, monitor))):
+        for n in nodes:
+            executor.add_node(n)
+    stop_spinning = threading.Event()
+
+    def spin(executor) -> None:
+        # spin_once until told to stop: shutting an executor down under a running spin() races it.
+        while not stop_spinning.is_set():
+            executor.spin_once(timeout_sec=0.1)
+
+    spinners = [threading.Thread(target=spin, args=(executor,), daemon=True) for executor in executors]
     start_mb = resident_mb()
     started = time.monotonic()
-    spinner.start()
+    for spinner in spinners:
+        spinner.start()
     bar = tqdm(total=args.steps, unit="step", desc="soak", file=sys.stderr)
     seen = 0
     try:
@@ -138,7 +150,11 @@ def run(args) -> int:
     bar.update(record["steps"] - seen)
     bar.close()
     duration = time.monotonic() - started
-    executor.shutdown(timeout_sec=5)
+    stop_spinning.set()
+    for spinner in spinners:
+        spinner.join(timeout=5)  # the loops have stopped before anything is shut down or destroyed
+    for executor in executors:
+        executor.shutdown(timeout_sec=5)
     failed = node._failed_steps
     for n in (monitor, node, cameras, arm):
         n.destroy_node()
