@@ -5,25 +5,32 @@ import threading
 import time
 
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 
 
 class RosHarness:
-    """An rclpy context + a multi-threaded executor spinning in a background thread."""
+    """An rclpy context + an executor spinning in a background thread: multi-threaded, or
+    rclpy's single-threaded one for ``threads=1`` (what the simulated arm and cameras spin on
+    when launched: a quarter of the CPU the multi-threaded one takes for their 100 Hz + 30 Hz)."""
 
     def __init__(self, threads: int = 6):
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
+        self.executor = (SingleThreadedExecutor(context=self.context) if threads <= 1
+                         else MultiThreadedExecutor(num_threads=threads, context=self.context))
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._nodes = []
         self.error = None
         self._closing = False
+        self._stop = threading.Event()
         self._thread.start()
 
     def _spin(self):
         try:
-            self.executor.spin()
+            # spin_once until close() says stop: shutting an executor down under a running
+            # spin() races it (the single-threaded one then raised "wait set is empty").
+            while not self._stop.is_set():
+                self.executor.spin_once(timeout_sec=0.05)
         except Exception as error:  # a callback raised: make it visible, tests will then time out
             # A callback still running while close() tears the nodes down may touch a destroyed
             # handle (InvalidHandle): that is the teardown, not the node under test.
@@ -47,12 +54,12 @@ class RosHarness:
 
     def close(self):
         self._closing = True
-        self.executor.shutdown(timeout_sec=5)
-        self._thread.join(timeout=5)  # spin() has returned before any node is destroyed
+        self._stop.set()
+        self._thread.join(timeout=5)  # the loop has stopped before anything is shut down
+        self.executor.shutdown(timeout_sec=5)  # waits for callbacks still in flight
         for node in self._nodes:
             node.destroy_node()
         rclpy.try_shutdown(context=self.context)
-        self._thread.join(timeout=5)
         # A callback that raises stops the executor (and would stop a real node): fail loudly.
         assert self.error is None, f"a callback raised while spinning: {self.error!r}"
 

@@ -108,7 +108,7 @@ class System:
         from vla_pruner_ros.nodes.policy_node import PolicyNode
 
         self.policy = FaultyPolicy(load_policy(checkpoint))
-        self.harness = RosHarness()
+        self.harness = RosHarness(threads=1)  # the node's executor as launched (policy_node.main)
         self.recorder = Probe(self.harness, f"probe_{name}", name)
         self.probe, self.lock, self.after = self.recorder.node, self.recorder.lock, self.recorder.after
         self.get, self.set = self.recorder.get_parameter, self.recorder.set_parameter
