@@ -274,3 +274,27 @@ def test_second_pregrasp_policy_is_an_independent_deep_policy_that_grasps():
     env = SimEnv(seed=0, image_size=RENDER_SIZE, task="pregrasp")
     result = run_episode(policy, env, seed=0, robot=load_robot_config(), actions_per_step=7, task="pregrasp")
     assert result.success
+
+
+def test_episode_log_knows_a_checkpoint_by_its_files_not_its_path(tmp_path):
+    """The same files elsewhere resume the log; other weights at the same path are refused."""
+    import shutil
+
+    from vla_pruner_ros.training.evaluate import EpisodeLog, checkpoint_content_id
+
+    here = tmp_path / "ckpt"
+    shutil.copytree(SHIPPED, here)
+    log = tmp_path / "episodes.jsonl"
+    EpisodeLog(log, EvalConfig(checkpoint=str(SHIPPED), seed=7))
+    assert json.loads(log.read_text().splitlines()[0])["checkpoint"] == str(SHIPPED)  # noted, not compared
+    assert checkpoint_content_id(here) == checkpoint_content_id(SHIPPED)
+    EpisodeLog(log, EvalConfig(checkpoint=str(here), seed=7))  # moved: resumes
+    weights = here / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    # Other weights of the same shapes (training changes every tensor; the id reads each file's
+    # first and last MiB): one bit of the last tensor.
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert checkpoint_content_id(here) != checkpoint_content_id(SHIPPED)
+    with pytest.raises(ValueError, match="other settings \\(checkpoint_content: "):
+        EpisodeLog(log, EvalConfig(checkpoint=str(here), seed=7))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -226,25 +227,51 @@ def default_env(config: EvalConfig) -> SimEnv:
     return SimEnv(seed=config.seed, image_size=RENDER_SIZE, control_period=config.control_period, task=config.task)
 
 
+def checkpoint_content_id(path: str | os.PathLike, sample_bytes: int = 1 << 20) -> str:
+    """An id of a checkpoint's files that does not depend on where they lie: sha256 over each
+    file's relative name, size, first and last ``sample_bytes``. A sim checkpoint is read whole; a
+    15 GB OFT one costs a few MiB of reads, and retrained weights of equal shapes still differ in
+    the sampled bytes. A path that is not a directory is its own id."""
+    root = Path(path)
+    if not root.is_dir():
+        return str(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(root).as_posix()}\0{size}\0".encode())
+        with open(file, "rb") as f:
+            digest.update(f.read(sample_bytes))
+            if size > sample_bytes:
+                f.seek(max(sample_bytes, size - sample_bytes))
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
 class EpisodeLog:
     """Append-only JSON lines of finished episodes, so a long evaluation survives being stopped:
     a rerun with the same settings skips the episodes already logged.  The first line holds the
-    settings; a log written under other settings (other checkpoint, task, seeds, ...) is refused."""
+    settings; a log written under other settings (other checkpoint files, task, seeds, ...) is
+    refused. The checkpoint counts by content (``checkpoint_content_id``), not by path: the same
+    files copied elsewhere resume the log, new weights written over the old path do not."""
 
-    IDENTITY = ("checkpoint", "task", "seed", "actions_per_step", "control_period", "max_joint_velocity",
+    IDENTITY = ("task", "seed", "actions_per_step", "control_period", "max_joint_velocity",
                 "prune_layer", "window", "dtype")
 
     def __init__(self, path: str | os.PathLike, config: EvalConfig):
         self.path = Path(path)
         self.done: dict[tuple[str, float, int], EpisodeResult] = {}
-        identity = {key: getattr(config, key) for key in self.IDENTITY}
+        identity = {"checkpoint_content": checkpoint_content_id(config.checkpoint),
+                    **{key: getattr(config, key) for key in self.IDENTITY}}
         if self.path.is_file() and self.path.stat().st_size > 0:
             with open(self.path, encoding="utf-8") as f:
                 lines = f.read().splitlines()
             header = json.loads(lines[0])
-            if header.get("settings") != json.loads(json.dumps(identity)):
-                raise ValueError(f"{self.path} was written with other settings {header.get('settings')}; "
-                                 f"expected {identity} (use another --out or delete the log)")
+            old, new = header.get("settings") or {}, json.loads(json.dumps(identity))
+            if old != new:
+                changed = ", ".join(f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+                                    for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key))
+                raise ValueError(f"{self.path} was written with other settings ({changed}); "
+                                 "use another --out or delete the log")
             names = {f.name for f in dataclasses.fields(EpisodeResult)}
             for line in lines[1:]:
                 try:
@@ -255,7 +282,9 @@ class EpisodeLog:
                 self.done[key] = EpisodeResult(**{k: v for k, v in data.items() if k in names})
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"settings": identity}) + "\n", encoding="utf-8")
+            # The path is noted for people reading the log; only the settings are compared.
+            self.path.write_text(json.dumps({"settings": identity, "checkpoint": str(config.checkpoint)}) + "\n",
+                                 encoding="utf-8")
 
     def get(self, method: str, keep_ratio: float, seed: int) -> EpisodeResult | None:
         return self.done.get((method, round(float(keep_ratio), 6), int(seed)))
