@@ -42,6 +42,12 @@ def decode(value: Any) -> Any:
     return value
 
 
+def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """``key: old -> new`` for every key whose value differs (absent counts as None), sorted."""
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+
+
 class JsonlSink:
     """Append-only JSONL of finished units (see the module doc)."""
 
@@ -63,9 +69,7 @@ class JsonlSink:
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise ValueError(f"{self.path}: not a unit results file of vla_pruner_ros; use another output folder")
         if header.get("fingerprint") != self.fingerprint:
-            old, new = header.get("fingerprint") or {}, self.fingerprint
-            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+            details = describe_changes(header.get("fingerprint") or {}, self.fingerprint)
             raise ValueError(f"{self.path} holds results of a different run ({details}); use another output "
                              "folder or delete that file")
         for line in lines[1:]:

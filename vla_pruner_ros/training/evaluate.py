@@ -41,6 +41,7 @@ import numpy as np
 
 from ..control.robot_config import RobotConfig, load_robot_config
 from ..control.safety import make_safe_chunk
+from ..distributed.sink import describe_changes
 from ..evaluation.report import DEFAULT_RADII, EpisodeOutcome, config_label, format_paired_report, \
     write_paired_report
 from ..evaluation.stats import WILSON_Z, wilson_interval  # noqa: F401  (re-exported)
@@ -268,9 +269,7 @@ class EpisodeLog:
             header = json.loads(lines[0])
             old, new = header.get("settings") or {}, json.loads(json.dumps(identity))
             if old != new:
-                changed = ", ".join(f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
-                                    for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key))
-                raise ValueError(f"{self.path} was written with other settings ({changed}); "
+                raise ValueError(f"{self.path} was written with other settings ({describe_changes(old, new)}); "
                                  "use another --out or delete the log")
             names = {f.name for f in dataclasses.fields(EpisodeResult)}
             for line in lines[1:]:
